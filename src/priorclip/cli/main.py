@@ -1,0 +1,80 @@
+"""`priorclip` command line: one verb per module in this package, each a thin layer over library code.
+
+A verb module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`. Verbs are
+imported lazily so `priorclip --help` stays fast and one broken optional dependency cannot take
+down every verb.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> module; order is the order shown by --help (the pipeline order a user follows).
+VERBS = {
+    "demo": "priorclip.cli.demo",
+    "models": "priorclip.cli.models",
+    "train": "priorclip.cli.train",
+    "evaluate": "priorclip.cli.evaluate",
+    "zeroshot": "priorclip.cli.zeroshot",
+    "data": "priorclip.cli.data",
+    "index": "priorclip.cli.index",
+    "search": "priorclip.cli.search",
+    "serve": "priorclip.cli.serve",
+    "convert": "priorclip.cli.convert",
+}
+
+
+def _load_verbs():
+    loaded = {}
+    for verb, module_name in VERBS.items():
+        try:
+            loaded[verb] = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # verb not implemented in this build
+                continue
+            raise
+    return loaded
+
+
+def build_parser(verbs=None) -> argparse.ArgumentParser:
+    verbs = _load_verbs() if verbs is None else verbs
+    parser = argparse.ArgumentParser(
+        prog="priorclip",
+        description="PriorCLIP: remote sensing image-text retrieval. Train and evaluate models, "
+        "index an image archive and search it by text or image.",
+        epilog="Run `priorclip VERB --help` for each verb's options and examples.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, module in verbs.items():
+        p = sub.add_parser(
+            verb,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    from priorclip.errors import PriorCLIPError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except PriorCLIPError as exc:
+        print(f"priorclip {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"priorclip {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

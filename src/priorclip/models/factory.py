@@ -1,0 +1,115 @@
+"""One factory for every model: named JSON configs (open_clip style), `create_model(name, **overrides)`.
+
+Architectures are data: each file in `configs/` is one named model. `add_model_config(path)` adds a
+user's own file or folder. Overrides are deep-merged into the named config and checked: an unknown
+key is an error that suggests the nearest known key.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+
+_CONFIG_DIRS = [Path(__file__).parent / "configs"]
+_MODEL_CONFIGS: dict[str, dict] = {}
+
+# Keys a config may hold at each level, with free-form dicts (backbone kwargs) left open.
+_FREE_FORM = {"backbone_kwargs", "image_cfg", "train_cfg"}
+
+
+def _rescan() -> None:
+    _MODEL_CONFIGS.clear()
+    for folder in _CONFIG_DIRS:
+        files = [folder] if folder.is_file() else sorted(folder.glob("*.json"))
+        for path in files:
+            try:
+                cfg = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"model config {path} is not valid JSON: {exc}") from None
+            if "architecture" not in cfg or "embed_dim" not in cfg:
+                raise ConfigError(f"model config {path} needs 'architecture' and 'embed_dim'")
+            _MODEL_CONFIGS[path.stem] = cfg
+
+
+def list_models() -> list[str]:
+    """Names of every registered model config, sorted."""
+    return sorted(_MODEL_CONFIGS)
+
+
+def add_model_config(path: str | Path) -> None:
+    """Register a JSON config file, or every *.json in a folder, under its file stem."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"model config path {path} does not exist")
+    _CONFIG_DIRS.append(path)
+    _rescan()
+
+
+def get_model_config(name: str) -> dict:
+    if name not in _MODEL_CONFIGS:
+        close = difflib.get_close_matches(name, list_models(), n=3)
+        hint = f"; did you mean {close}?" if close else f"; known models: {list_models()}"
+        raise ConfigError(f"unknown model {name!r}{hint}")
+    return {**copy.deepcopy(_MODEL_CONFIGS[name]), "name": name}
+
+
+def merge_config(base: dict, overrides: dict, path: str = "") -> dict:
+    """Deep-merge `overrides` into `base`, rejecting keys the base does not have."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        where = f"{path}{key}"
+        if key not in out and path.rstrip(".").split(".")[-1] not in _FREE_FORM and key not in ("name",):
+            close = difflib.get_close_matches(key, list(out), n=1)
+            hint = f" (did you mean {path}{close[0]!r}?)" if close else f" (known: {sorted(out)})"
+            raise ConfigError(f"unknown model config key {where!r}{hint}")
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value, where + ".")
+        else:
+            if key in out and out[key] is not None and value is not None and not isinstance(value, type(out[key])) \
+                    and not (isinstance(out[key], float) and isinstance(value, int)):
+                raise ConfigError(f"model config key {where!r} expects {type(out[key]).__name__}, got {value!r}")
+            out[key] = value
+    return out
+
+
+def build_model(config: dict, tokenizer=None, build_backbones: bool = True):
+    """Build a model from a complete config dict (as stored in a checkpoint's config.json)."""
+    from .closed_domain import ClosedDualEncoder, ClosedPriorCLIP
+    from .open_domain import OpenCLIPBaseline, OpenPriorCLIP
+
+    arch = config.get("architecture")
+    if arch == "closed":
+        return ClosedPriorCLIP(config, tokenizer=tokenizer, build_backbones=build_backbones)
+    if arch == "closed-baseline":
+        return ClosedDualEncoder(config, tokenizer=tokenizer, build_backbones=build_backbones)
+    if arch == "open":
+        return OpenPriorCLIP(config)
+    if arch == "open-baseline":
+        return OpenCLIPBaseline(config)
+    raise ConfigError(f"unknown architecture {arch!r}; expected closed, closed-baseline, open or open-baseline")
+
+
+def create_model(name: str | dict, *, vocab_file: str | Path | None = None, tokenizer=None, **overrides):
+    """Build a named model with random weights (nothing is downloaded).
+
+    `overrides` deep-merge into the config, e.g. `create_model("priorclip-closed-small",
+    pae_cfg={"filter_size": 8})`. Closed-domain models take a WordPiece `vocab_file` (or a
+    `tokenizer`); without one they use the built-in character vocabulary.
+    """
+    config = get_model_config(name) if isinstance(name, str) else copy.deepcopy(name)
+    if overrides:
+        config = merge_config(config, overrides)
+    if vocab_file is not None or tokenizer is not None:
+        if not config["architecture"].startswith("closed"):
+            raise ConfigError("vocab_file/tokenizer apply to closed-domain (BERT) models only")
+        if tokenizer is None:
+            from .tokenizers import WordPieceTokenizer
+
+            tokenizer = WordPieceTokenizer(vocab_file, context_length=config["text_cfg"].get("context_length", 32))
+    return build_model(config, tokenizer=tokenizer)
+
+
+_rescan()

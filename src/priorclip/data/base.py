@@ -63,9 +63,12 @@ _MAX_LISTED = 20
 
 
 def _list_missing(what: str, missing: Sequence[str], hint: str = "") -> DatasetNotFoundError:
-    shown = "\n  ".join(str(m) for m in missing[:_MAX_LISTED])
-    more = f"\n  ... and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
-    return DatasetNotFoundError(f"{what}: {len(missing)} file(s) missing:\n  {shown}{more}" + (f"\n{hint}" if hint else ""))
+    """One-line error naming the missing files (all of them up to 20; the full list is `.missing`)."""
+    shown = ", ".join(str(m) for m in missing[:_MAX_LISTED])
+    more = f" ... and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
+    exc = DatasetNotFoundError(f"{what}: {len(missing)} file(s) missing: {shown}{more}" + (f". {hint}" if hint else ""))
+    exc.missing = list(missing)
+    return exc
 
 
 class CaptionDataset(Dataset):

@@ -1,0 +1,131 @@
+"""`priorclip data`: dataset utilities (leakage check, dataset check)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "dataset utilities: train/test leakage check, dataset check"
+DESCRIPTION = """\
+Dataset utilities.
+
+  overlap  exact (same bytes) and near-duplicate (perceptual hash) images between training
+           and test data, or within one dataset; writes a deduplicated training list.
+  check    load a dataset's annotations, verify every image exists and decodes; report bad files.
+
+Inputs of `overlap` are image folders, .txt lists of image paths, or caption files resolved
+under --images-root: Karpathy JSON (PATH.json[:SPLIT]), open_clip CSV (PATH.csv), or a precomp
+folder with a split (DIR:SPLIT).
+
+examples:
+  priorclip data overlap ucm-captions/dataset.json:train --against ucm-captions/dataset.json:test \\
+      --images-root ucm-captions/images --out train_dedup.txt --json pairs.json
+  priorclip data overlap my_archive/                      # duplicates within one folder
+  priorclip data check karpathy ucm-captions --split test --labels csv:ucm-captions/labels.csv
+  priorclip data check precomp annotations/rsitmd_precomp --split test --images-root rsitmd/images
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("overlap", help="find duplicate images between training and test data",
+                       description="Exact and near-duplicate images between TRAIN and --against TEST "
+                       "(or within TRAIN when --against is omitted).")
+    p.add_argument("train", nargs="+", metavar="TRAIN", help="training inputs (folder, .txt, .json[:split], .csv, precomp_dir:split)")
+    p.add_argument("--against", nargs="+", metavar="TEST", default=None, help="test inputs; omit to search within TRAIN")
+    p.add_argument("--images-root", default=None, help="folder holding the images named by caption files")
+    p.add_argument("--threshold", type=int, default=4, help="max phash Hamming distance (of 64 bits) for a near duplicate (default 4)")
+    p.add_argument("--out", default=None, help="write the training image paths without duplicates here, one per line")
+    p.add_argument("--json", default=None, help="write all pairs and a summary as JSON here")
+    p.add_argument("--bad-files", default=None, help="write unreadable files as JSON here")
+    p.add_argument("--workers", type=int, default=1, help="processes for hashing (default 1)")
+    p.add_argument("--max-print", type=int, default=50, help="print at most this many pairs (default 50)")
+
+    c = sub.add_parser("check", help="verify a dataset's files and decode every image")
+    c.add_argument("format", choices=["karpathy", "precomp", "csv", "folder"], help="dataset format")
+    c.add_argument("root", help="annotation file or folder (folder of images for 'folder')")
+    c.add_argument("--split", default="test")
+    c.add_argument("--images-root", default=None)
+    c.add_argument("--labels", default=None, help="label source: prefix, csv:PATH, folder, none")
+    c.add_argument("--no-decode", action="store_true", help="only check that files exist")
+    c.add_argument("--bad-files", default=None, help="write unreadable files as JSON here")
+
+
+def run(args) -> int:
+    if args.data_command == "overlap":
+        return _overlap(args)
+    return _check(args)
+
+
+def _overlap(args) -> int:
+    from priorclip.data.images import BadFileReport
+    from priorclip.data.overlap import collect_images, find_overlap, hash_images, write_json, write_list
+    from priorclip.errors import ConfigError
+
+    if not 0 <= args.threshold <= 64:
+        raise ConfigError(f"--threshold must be between 0 and 64, got {args.threshold}")
+    report = BadFileReport()
+    train_items = [it for spec in args.train for it in collect_images(spec, args.images_root)]
+    test_items = None
+    if args.against:
+        test_items = [it for spec in args.against for it in collect_images(spec, args.images_root)]
+    print(f"hashing {len(train_items)} training image(s)" + (f" and {len(test_items)} test image(s)" if test_items else ""),
+          file=sys.stderr)
+    train = hash_images(train_items, report, workers=args.workers)
+    test = hash_images(test_items, report, workers=args.workers) if test_items is not None else None
+    res = find_overlap(train, test, args.threshold)
+    a, b = ("train", "test") if test is not None else ("first", "second")
+    for p in res.pairs[: args.max_print]:
+        print(f"{p['kind']:5s} d={p['distance']:2d}  {p[a]}  {p[b]}")
+    if len(res.pairs) > args.max_print:
+        print(f"... and {len(res.pairs) - args.max_print} more pairs (see --json)")
+    s = res.summary()
+    print(
+        f"{s['pairs']} pair(s) (exact {s['exact_pairs']}, near {s['near_pairs']}, phash distance <= {args.threshold}); "
+        f"{s['train_images_dropped']} of {s['train_images']} training image(s) would be dropped"
+    )
+    if len(report):
+        print(report.summary(), file=sys.stderr)
+        if args.bad_files:
+            report.write_json(args.bad_files)
+    if args.out:
+        kept = res.deduplicated_train()
+        write_list(kept, args.out)
+        print(f"wrote {len(kept)} deduplicated training image path(s) to {args.out}")
+    if args.json:
+        write_json(res.to_json(), args.json)
+        print(f"wrote pairs to {args.json}")
+    return 0
+
+
+def _check(args) -> int:
+    from priorclip.data import CsvCaptions, ImageFolder, KarpathyCaptions, PrecompCaptions
+    from priorclip.data.images import BadFileReport, safe_load_image
+
+    cls = {"karpathy": KarpathyCaptions, "precomp": PrecompCaptions, "csv": CsvCaptions, "folder": ImageFolder}[args.format]
+    kw = {"mode": "images", "labels": args.labels}
+    if args.images_root:
+        kw["images_root"] = args.images_root
+    if args.format == "folder":
+        ds = cls(args.root, None, labels=args.labels or "folder", images_root=args.images_root or args.root)
+    else:
+        ds = cls(args.root, args.split, **kw)
+    print(repr(ds))
+    if ds.classes:
+        unl = ds.labels.count(-1)
+        print(f"{len(ds.classes)} classes; {unl} unlabelled image(s)")
+    if ds.paths is None:
+        print("annotation-only (no images_root): images not checked")
+        return 0
+    print(f"all {ds.num_images} image file(s) present")
+    if args.no_decode:
+        return 0
+    report = BadFileReport()
+    for p in ds.paths:
+        safe_load_image(p, report)
+    print(report.summary())
+    if args.bad_files:
+        report.write_json(args.bad_files)
+        print(f"wrote {args.bad_files}")
+    return 1 if len(report) else 0

@@ -1,0 +1,175 @@
+"""webdataset tar shards for large-scale pre-training (RS5M layout), read and written.
+
+A sample is a group of tar members sharing a key: image bytes under one of `jpg/jpeg/png/webp/
+tif/tiff`, the caption under `txt`, optional metadata under `json` (e.g. `{"filename": ...}`).
+Images are decoded with `image_from_bytes`, so shards get the same band/scaling policy as files.
+A broken sample or shard is warned about and skipped (`wds.warn_and_continue`), never fatal.
+
+    pipe = make_shard_pipeline("/data/rs5m/{000000..000999}.tar", transforms=model.image_transform(True),
+                               tokenize=model.tokenize, batch_size=256, epoch_samples=5_000_000 // world)
+    loader = wds.WebLoader(pipe, batch_size=None, num_workers=8)   # yields (images[B,3,H,W], tokens[B,L])
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import webdataset as wds
+
+from priorclip.data.images import image_from_bytes
+from priorclip.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "tif", "tiff")
+
+
+def _split_by_rank(rank: int, world_size: int):
+    def split(src):
+        yield from islice(src, rank, None, world_size)
+
+    return split
+
+
+def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """Raw tar sample -> {"image": PIL RGB, "caption": str, "key": str, "filename": str}."""
+    key = sample.get("__key__", "?")
+    src = f"{sample.get('__url__', '?')}:{key}"
+    ext = next((k for k in IMAGE_KEYS if k in sample), None)
+    if ext is None:
+        raise DataError(f"{src}: sample has no image (looked for {', '.join(IMAGE_KEYS)})")
+    if "txt" not in sample:
+        raise DataError(f"{src}: sample has no caption ('txt')")
+    image = image_from_bytes(sample[ext], f"{src}.{ext}")
+    caption = sample["txt"].decode("utf-8").strip() if isinstance(sample["txt"], bytes) else str(sample["txt"])
+    filename = f"{key}.{ext}"
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+            filename = meta.get("filename", meta.get("name", filename)) if isinstance(meta, dict) else filename
+        except (ValueError, TypeError):
+            pass
+    return {"image": image, "caption": caption, "key": key, "filename": filename}
+
+
+def make_shard_pipeline(
+    urls: str | list[str],
+    transforms: Callable | None = None,
+    tokenize: Callable | None = None,
+    batch_size: int | None = 64,
+    resampled: bool = True,
+    seed: int = 0,
+    epoch_samples: int | None = None,
+    *,
+    shuffle_buffer: int = 1000,
+    rank: int | None = None,
+    world_size: int | None = None,
+    partial_batches: bool = False,
+) -> wds.DataPipeline:
+    """A webdataset pipeline yielding `(images, texts)` batches (or single samples if batch_size is None).
+
+    * `resampled=True`: every (rank, worker) draws shards with replacement (wds.ResampledShards,
+      seeded from `seed` and the worker identity) -- the open_clip recipe for huge corpora; set
+      `epoch_samples` to the number of samples per epoch *per process*.
+    * `resampled=False`: each shard is read once per epoch, split first across ranks, then across
+      DataLoader workers. Rank/world size come from `rank`/`world_size` if given, else from the
+      RANK/WORLD_SIZE environment or torch.distributed (wds.split_by_node).
+    * `transforms`: PIL -> tensor; `tokenize`: list[str] -> LongTensor[N,L] (applied per sample).
+      Without them images stay PIL and texts stay strings.
+    """
+    if isinstance(urls, (list, tuple)):
+        urls = [str(u) for u in urls]
+        if not urls:
+            raise DataError("make_shard_pipeline: no shard URLs given")
+    if (rank is None) != (world_size is None):
+        raise DataError("make_shard_pipeline: give both rank and world_size, or neither")
+    if rank is not None and not 0 <= rank < world_size:
+        raise DataError(f"make_shard_pipeline: rank {rank} outside world_size {world_size}")
+
+    def to_pair(s):
+        img = transforms(s["image"]) if transforms is not None else s["image"]
+        txt = tokenize([s["caption"]])[0] if tokenize is not None else s["caption"]
+        return img, txt
+
+    stages: list = []
+    if resampled:
+        stages.append(wds.ResampledShards(urls, seed=seed, deterministic=True))
+    else:
+        stages.append(wds.SimpleShardList(urls))
+        stages.append(_split_by_rank(rank, world_size) if rank is not None else wds.split_by_node)
+        stages.append(wds.split_by_worker)
+    stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue))
+    if shuffle_buffer and shuffle_buffer > 1:
+        stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed))
+    stages.append(wds.map(decode_sample, handler=wds.warn_and_continue))
+    stages.append(wds.map(to_pair, handler=wds.warn_and_continue))
+    if batch_size:
+        stages.append(wds.batched(batch_size, partial=partial_batches))
+    pipe = wds.DataPipeline(*stages)
+    if epoch_samples:
+        n = epoch_samples // batch_size if batch_size else epoch_samples
+        pipe = pipe.with_epoch(max(1, n))
+    return pipe
+
+
+def _image_bytes(image, filename: str | None) -> tuple[str, bytes]:
+    """(extension key, bytes) for a path, raw bytes or a PIL image (encoded as PNG: lossless)."""
+    if isinstance(image, (str, os.PathLike)):
+        p = Path(image)
+        ext = p.suffix.lower().lstrip(".") or "jpg"
+        return ("jpg" if ext == "jpeg" else "tif" if ext == "tiff" else ext), p.read_bytes()
+    if isinstance(image, (bytes, bytearray)):
+        ext = Path(filename or "x.jpg").suffix.lower().lstrip(".") or "jpg"
+        return ("jpg" if ext == "jpeg" else "tif" if ext == "tiff" else ext), bytes(image)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "png", buf.getvalue()
+
+
+def write_shards(
+    samples: Iterable[dict[str, Any]],
+    out_dir: str | os.PathLike,
+    maxcount: int = 10000,
+    pattern: str = "shard-%06d.tar",
+    maxsize: float = 3e9,
+) -> list[Path]:
+    """Write samples `{"image": path|bytes|PIL, "caption": str, optional "filename", "key"}` to tar shards.
+
+    Image files are stored byte for byte (no re-encoding). Returns the shard paths written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with wds.ShardWriter(str(out / pattern), maxcount=maxcount, maxsize=maxsize, verbose=0) as sink:
+        for i, s in enumerate(samples):
+            filename = s.get("filename") or (str(s["image"]) if isinstance(s["image"], (str, os.PathLike)) else None)
+            ext, data = _image_bytes(s["image"], filename)
+            key = s.get("key") or f"{i:09d}"
+            sink.write({
+                "__key__": key,
+                ext: data,
+                "txt": s["caption"],
+                "json": {"filename": Path(filename).name if filename else f"{key}.{ext}"},
+            })
+            n += 1
+    paths = sorted(out.glob(pattern.replace("%06d", "*")))
+    log.info("wrote %d samples to %d shard(s) in %s", n, len(paths), out)
+    return paths
+
+
+def dataset_samples(dataset, per: str = "pair") -> Iterable[dict[str, Any]]:
+    """Samples for `write_shards` from a `CaptionDataset` with images: one per caption ("pair"),
+    or one per image with its first caption ("image"). Files are copied, not decoded."""
+    paths = dataset.paths
+    if paths is None:
+        raise DataError(f"{dataset!r}: annotation-only dataset, cannot write image shards")
+    caps = dataset.image_captions
+    for img, (path, name) in enumerate(zip(paths, dataset.images)):
+        chosen = caps[img] if per == "pair" else caps[img][:1]
+        for j, c in enumerate(chosen or [""]):
+            yield {"image": path, "caption": c, "filename": name, "key": f"{img:07d}_{j}"}

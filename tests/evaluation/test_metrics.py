@@ -17,6 +17,7 @@ from priorclip.evaluation.metrics import (
     normalize_caption,
     recall_metrics,
     recall_report,
+    similarity_matrix,
     tie_statistics,
 )
 
@@ -349,3 +350,30 @@ def test_rsicd_size_all_rules_finish():
     assert report["ties"]["n_texts"] == 5465
     assert report["ties"]["tied_caption_pct"] > 10
     assert report["optimistic"]["i2t_r1"] > report["pessimistic"]["i2t_r1"]
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_similarity_matrix_gives_identical_captions_identical_scores(kind):
+    rng = np.random.default_rng(2)
+    img = rng.standard_normal((300, 256)).astype(np.float32)
+    txt = rng.standard_normal((1500, 256)).astype(np.float32)
+    order = rng.permutation(1500)
+    src, dst = order[:200], order[200:400]
+    txt[dst] = txt[src]
+    img[[5, 250]] = img[7]
+    txt[dst[:3]] = -0.0  # -0.0 and 0.0 rows: equal embeddings
+    txt[src[:3]] = 0.0
+    if kind == "torch":
+        s = similarity_matrix(torch.from_numpy(img), torch.from_numpy(txt))
+        assert isinstance(s, torch.Tensor)
+        plain = (torch.from_numpy(img) @ torch.from_numpy(txt).T).numpy()
+        s = s.numpy()
+    else:
+        s = similarity_matrix(img, txt)
+        plain = img @ txt.T
+    assert s.shape == (300, 1500)
+    np.testing.assert_array_equal(s[:, dst], s[:, src])  # bit-identical, not merely close
+    np.testing.assert_array_equal(s[[5, 250]], s[[7, 7]])
+    np.testing.assert_allclose(s, plain, rtol=1e-4, atol=1e-4)  # same products, other rounding
+    with pytest.raises(MetricInputError):
+        similarity_matrix(img, txt[:, :10])

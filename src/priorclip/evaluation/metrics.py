@@ -41,6 +41,7 @@ __all__ = [
     "TIE_RULES",
     "POSITIVE_RULES",
     "normalize_caption",
+    "similarity_matrix",
     "recall_metrics",
     "recall_report",
     "tie_statistics",
@@ -302,6 +303,51 @@ def _directions(scores: np.ndarray, pos: np.ndarray) -> tuple[_Direction, _Direc
 
 # ----------------------------------------------------------------------------------------------
 # public API
+
+
+def _row_ids(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first row index of each distinct row, id of every row), by exact bytes (-0.0 as 0.0)."""
+    rows = np.ascontiguousarray(rows) + np.zeros((), rows.dtype)
+    seen: dict[bytes, int] = {}
+    ids = np.fromiter((seen.setdefault(r.tobytes(), len(seen)) for r in rows), dtype=np.int64, count=len(rows))
+    first = np.zeros(len(seen), dtype=np.int64)
+    first[ids[::-1]] = np.arange(len(rows) - 1, -1, -1)
+    return first, ids
+
+
+def similarity_matrix(image_embeddings, text_embeddings):
+    """images x texts dot products in which identical embeddings get bit-identical scores.
+
+    A plain matmul does not guarantee that: BLAS kernels round a column differently depending on
+    where it sits (blocking, tails), so two copies of one caption embedding can differ in the
+    last bit and turn an exact tie into an arbitrary order. Each distinct row is multiplied once
+    and the result gathered. numpy in -> numpy out; torch in -> torch out (same device). Encode
+    each distinct caption string once as well: batch composition can also change embeddings.
+    """
+    torch = sys.modules.get("torch")
+    is_torch = torch is not None and isinstance(image_embeddings, torch.Tensor)
+    if is_torch != (torch is not None and isinstance(text_embeddings, torch.Tensor)):
+        raise MetricInputError("image_embeddings and text_embeddings must both be numpy arrays or both torch tensors")
+    if image_embeddings.ndim != 2 or text_embeddings.ndim != 2 or image_embeddings.shape[1] != text_embeddings.shape[1]:
+        raise MetricInputError(
+            f"embeddings must be 2-D with the same width, got images {tuple(image_embeddings.shape)} "
+            f"and texts {tuple(text_embeddings.shape)}"
+        )
+    if is_torch:
+        img_np = image_embeddings.detach().float().cpu().numpy()
+        txt_np = text_embeddings.detach().float().cpu().numpy()
+    else:
+        img_np, txt_np = np.asarray(image_embeddings), np.asarray(text_embeddings)
+    img_first, img_ids = _row_ids(img_np)
+    txt_first, txt_ids = _row_ids(txt_np)
+    if is_torch:
+        dev = image_embeddings.device
+        img_first_t, txt_first_t = torch.from_numpy(img_first).to(dev), torch.from_numpy(txt_first).to(dev)
+        scores = image_embeddings[img_first_t] @ text_embeddings[txt_first_t].T
+        return scores[torch.from_numpy(img_ids).to(dev)][:, torch.from_numpy(txt_ids).to(dev)]
+    scores = img_np[img_first] @ txt_np[txt_first].T
+    return scores[img_ids][:, txt_ids]
+
 
 
 def recall_metrics(

@@ -1,0 +1,179 @@
+"""The encoder an index is built with and queried with.
+
+Search only needs four things from a model: a PIL->tensor transform, batched image and text
+embeddings, and a description that says exactly which weights made the vectors (so a query never
+mixes models). `Encoder` is that protocol; `ModelEncoder` adapts any model that follows the
+`priorclip.models` contract, and `register_encoder` lets other code (a plugin, a test) make a
+name resolve to its own encoder without touching the index format.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from priorclip.errors import CheckpointError, ConfigError
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What indexing and querying need from a model. Vectors come back L2-normalised float32."""
+
+    embed_dim: int
+
+    def transform(self, image) -> Any:  # PIL RGB image -> FloatTensor[3,H,W]
+        ...
+
+    def embed_images(self, batch) -> np.ndarray:  # FloatTensor[B,3,H,W] -> [B,D]
+        ...
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:  # -> [B,D]
+        ...
+
+    def describe(self) -> dict:
+        """JSON-able identity: name, config, checkpoint path and sha256, embed_dim."""
+        ...
+
+
+_REGISTRY: dict[str, Callable[[], Encoder]] = {}
+
+
+def register_encoder(name: str, factory: Callable[[], Encoder]) -> None:
+    """Make `load_encoder(name)` return `factory()`; used by plugins and tests."""
+    _REGISTRY[name] = factory
+
+
+def unregister_encoder(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def checkpoint_sha256(directory: str | Path) -> str | None:
+    """Hash of a checkpoint directory's files (sorted by name) so an index can tell if its
+    weights were replaced after indexing."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p for p in directory.iterdir() if p.is_file()):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+class ModelEncoder:
+    """Adapter from a `priorclip.models`-style nn.Module to `Encoder`.
+
+    One lock serialises model calls: torch modules are not documented as safe to call from many
+    threads at once, and the server runs requests in a thread pool.
+    """
+
+    def __init__(self, model, checkpoint: str | None = None, checkpoint_hash: str | None = None,
+                 device: str = "cpu"):
+        import torch
+
+        self.model = model.eval().to(device)
+        self.device = device
+        self.checkpoint = checkpoint
+        self.checkpoint_hash = checkpoint_hash
+        self.embed_dim = int(model.embed_dim)
+        self._transform = model.image_transform(False)
+        self._lock = threading.Lock()
+        self._torch = torch
+
+    def transform(self, image):
+        return self._transform(image)
+
+    def embed_images(self, batch) -> np.ndarray:
+        with self._lock, self._torch.inference_mode():
+            out = self.model.encode_image(batch.to(self.device), normalize=True)
+        return _l2(out.float().cpu().numpy())
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        with self._lock, self._torch.inference_mode():
+            tokens = self.model.tokenize(list(texts))
+            out = self.model.encode_text(tokens.to(self.device), normalize=True)
+        return _l2(out.float().cpu().numpy())
+
+    def describe(self) -> dict:
+        config = getattr(self.model, "model_config", {}) or {}
+        try:
+            config = json.loads(json.dumps(config, default=str))
+        except (TypeError, ValueError):
+            config = {}
+        return {
+            "name": str(getattr(self.model, "model_name", type(self.model).__name__)),
+            "config": config,
+            "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_hash,
+            "embed_dim": self.embed_dim,
+        }
+
+
+def load_encoder(spec: str, device: str = "cpu") -> Encoder:
+    """Resolve `spec` to an encoder: a registered name, a checkpoint directory (config.json +
+    weights, as written by `priorclip train`), or a model name from `priorclip models`
+    (random weights: useful for trying the pipeline, useless for real retrieval)."""
+    if spec in _REGISTRY:
+        return _REGISTRY[spec]()
+    path = Path(spec).expanduser()
+    try:
+        import priorclip.models as pm
+    except ImportError as exc:  # pragma: no cover - models package is part of the project
+        raise ConfigError(f"--model {spec!r}: priorclip.models cannot be imported ({exc})") from exc
+    if path.is_dir():
+        if not hasattr(pm, "load_checkpoint"):
+            raise CheckpointError(f"--model {spec}: this build has no priorclip.models.load_checkpoint")
+        try:
+            model = pm.load_checkpoint(str(path))
+        except Exception as exc:
+            if isinstance(exc, (CheckpointError, ConfigError)):
+                raise
+            raise CheckpointError(f"--model {path}: cannot load checkpoint ({exc})") from exc
+        resolved = str(path.resolve())
+        return ModelEncoder(model, checkpoint=resolved, checkpoint_hash=checkpoint_sha256(path), device=device)
+    names = list(pm.list_models()) if hasattr(pm, "list_models") else []
+    if spec in names:
+        import warnings
+
+        warnings.warn(f"model {spec!r} is created with random weights; pass a trained checkpoint "
+                      "directory to --model for meaningful search results", stacklevel=2)
+        return ModelEncoder(pm.create_model(spec), device=device)
+    raise ConfigError(
+        f"--model {spec!r} is neither a checkpoint directory nor a known model name "
+        f"(known: {', '.join(names) or 'none'}); pass the directory written by `priorclip train`"
+    )
+
+
+def encoder_for_index(model_info: dict, encoder: Encoder | None = None, device: str = "cpu") -> Encoder:
+    """Load (or check) the encoder an index was built with; refuse a different one, since vectors
+    from two models are not comparable."""
+    if encoder is None:
+        spec = model_info.get("checkpoint") or model_info.get("spec") or model_info.get("name")
+        if not spec:
+            raise ConfigError("index.json field model has no checkpoint or name; rebuild the index")
+        encoder = load_encoder(spec, device=device)
+    got = encoder.describe()
+    if int(got["embed_dim"]) != int(model_info.get("embed_dim", -1)) or got.get("name") != model_info.get("name"):
+        raise ConfigError(
+            f"index was built with model {model_info.get('name')!r} (dim {model_info.get('embed_dim')}), "
+            f"but the query model is {got.get('name')!r} (dim {got['embed_dim']}); query with the same model"
+        )
+    want_hash = model_info.get("checkpoint_sha256")
+    if want_hash and got.get("checkpoint_sha256") and got["checkpoint_sha256"] != want_hash:
+        raise CheckpointError(
+            f"checkpoint {got.get('checkpoint')} changed since the index was built (sha256 differs); "
+            "re-index or restore the original weights"
+        )
+    return encoder

@@ -1,0 +1,283 @@
+"""Build, update and merge search indexes.
+
+`build_index` is incremental and resumable by construction:
+  1. walk the paths and compare each file's (path, size, mtime) with what the store already has:
+     unchanged files keep their items and vectors, new or changed files are (re)planned, files
+     gone from a walked folder are dropped;
+  2. embed every item that has no vector yet, committing each batch;
+  3. rebuild the FAISS structure from the stored vectors and write index.json last.
+A run killed anywhere is finished by running the same command again.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import os
+import time
+from pathlib import Path
+
+import priorclip
+from priorclip.errors import ConfigError, DataError
+from priorclip.search import ann
+from priorclip.search.embed import embed_items
+from priorclip.search.sources import STRETCH_PERCENTILES, _short, is_raster, plan_file, shard_of, strip_path, walk
+from priorclip.search.store import (FAISS_NAME, FORMAT_VERSION, INDEX_JSON, REPORT_NAME, Store,
+                                    atomic_write_json, read_index_json)
+
+DEFAULT_TILE = 256
+
+
+def parse_shard(text: str | None, env: dict | None = None) -> tuple[int, int] | None:
+    """`--shard RANK/WORLD`, else torchrun's RANK/WORLD_SIZE when WORLD_SIZE > 1, else None."""
+    env = os.environ if env is None else env
+    if text is None:
+        world = int(env.get("WORLD_SIZE", "1") or 1)
+        if world <= 1:
+            return None
+        text = f"{env.get('RANK', '0')}/{world}"
+    try:
+        rank_s, world_s = text.split("/")
+        rank, world = int(rank_s), int(world_s)
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected RANK/WORLD, e.g. 0/4") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"--shard {text!r}: need 0 <= RANK < WORLD")
+    return rank, world
+
+
+def part_dir(out: str | Path, rank: int, world: int) -> Path:
+    return Path(out) / f"part-{rank:05d}-of-{world:05d}"
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """One writer per index directory; a second `priorclip index` on it fails fast."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fh = open(directory / ".lock", "w")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"{directory} is being written by another `priorclip index` run") from None
+        yield
+    finally:
+        fh.close()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _identity(model: dict) -> dict:
+    return {k: model.get(k) for k in ("name", "embed_dim", "checkpoint_sha256")}
+
+
+def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec: str | None = None,
+                tile_size: int = DEFAULT_TILE, tile_stride: int | None = None, batch_size: int = 64,
+                workers: int = 0, index_type: str = "flat", shard: tuple[int, int] | None = None,
+                retry_failed: bool = False, progress: bool = True, log=print) -> dict:
+    """Embed every image under `paths` into the index directory `out` (see module doc).
+
+    Returns the index.json written. With `shard=(rank, world)` only this rank's files are
+    embedded, into `out/part-RANK-of-WORLD`; merge the parts with `merge_indexes`.
+    """
+    tile_stride = tile_stride or tile_size
+    if tile_size < 16 or tile_stride < 1:
+        raise ConfigError(f"--tile-size {tile_size} / --tile-stride {tile_stride}: need tile size >= 16 and stride >= 1")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be >= 1")
+    if index_type not in ann.INDEX_TYPES:
+        raise ConfigError(f"--index-type {index_type!r}: choose one of {', '.join(ann.INDEX_TYPES)}")
+    out = Path(out)
+    if shard is not None:
+        out = part_dir(out, *shard)
+    model = dict(encoder.describe())
+    model["spec"] = model_spec or model.get("checkpoint") or model.get("name")
+    settings = {"model": _identity(model), "tile_size": tile_size, "tile_stride": tile_stride}
+
+    with _locked(out):
+        store = Store(out)
+        old = store.get_meta("settings")
+        if old is not None and old != settings:
+            raise ConfigError(
+                f"{out} was built with {old}, this run asks for {settings}; use a new --out directory "
+                "(vectors of different models or tilings cannot share an index)")
+        store.set_meta("settings", settings)
+        created = store.get_meta("created") or _now()
+        store.set_meta("created", created)
+
+        found, skipped, roots = walk(paths)
+        if shard is not None:
+            found = [f for f in found if shard_of(f.path, f.root, shard[1]) == shard[0]]
+        root_ids = store.root_ids(roots)
+        known = store.files_by_path()
+        walked_dirs = [os.path.realpath(p) for p in paths if Path(p).is_dir()]
+        found_paths = {f.path for f in found}
+        gone = [r["file_id"] for p, r in known.items() if p not in found_paths
+                and any(p.startswith(d.rstrip(os.sep) + os.sep) for d in walked_dirs)]
+        store.delete_files(gone)
+
+        planned = unchanged = failed_now = 0
+        todo = []
+        for f in found:
+            row = known.get(f.path)
+            if row is not None and row["size"] == f.size and row["mtime_ns"] == f.mtime_ns:
+                if not (retry_failed and row["status"] == "failed"):
+                    unchanged += 1
+                    continue
+            todo.append(f)
+        bar = None
+        if progress and len(todo) > 200:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc="scanning", unit="file", dynamic_ncols=True)
+        for f in todo:
+            try:
+                plan = plan_file(f.path, tile_size, tile_stride)
+                store.put_file(f.path, root_ids[f.root], f.size, f.mtime_ns, plan=plan, raster=is_raster(f.path))
+                planned += 1
+            except DataError as exc:
+                store.put_file(f.path, root_ids[f.root], f.size, f.mtime_ns, raster=is_raster(f.path),
+                               error=strip_path(_short(exc), f.path))
+                failed_now += 1
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+
+        if retry_failed:
+            store.reset_failed_items()
+        pending = store.pending_items()
+        log(f"[index] {len(found)} files: {unchanged} unchanged, {planned} new or changed, "
+            f"{failed_now} unreadable, {len(gone)} removed; {len(pending)} items to embed")
+        stats = embed_items(encoder, pending, store.commit_batch, batch_size=batch_size, workers=workers,
+                            progress=progress)
+        info = _finish(store, out, model, settings, index_type, created, log)
+        info["last_run"] = {
+            "files_found": len(found), "files_unchanged": unchanged, "files_planned": planned,
+            "files_removed": len(gone), "embedded": stats["embedded"], "failed": stats["failed"] + failed_now,
+            "seconds": round(stats["seconds"], 3),
+            "images_per_s": round(stats["embedded"] / stats["seconds"], 2) if stats["seconds"] else None,
+        }
+        info["shard"] = {"rank": shard[0], "world": shard[1]} if shard else None
+        atomic_write_json(out / REPORT_NAME, {"failed": store.failures(),
+                                              "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
+        atomic_write_json(out / INDEX_JSON, info)
+        store.close()
+    return info
+
+
+def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: str, created: str, log,
+            merged_from: list[str] | None = None) -> dict:
+    dim = int(model["embed_dim"])
+    ids, vecs = store.all_vectors(dim)
+    t = time.perf_counter()
+    index, params = ann.build(vecs, ids, index_type)
+    params["build_seconds"] = round(time.perf_counter() - t, 3)
+    if index_type != "flat":
+        params["recall_at_10"] = ann.recall_at_k(index, vecs, ids, k=10)
+        log(f"[index] {index_type} recall@10 against exact search: {params['recall_at_10']:.3f} "
+            f"({len(ids)} vectors)" if params["recall_at_10"] is not None else "[index] empty index")
+    else:
+        params["recall_at_10"] = 1.0
+    params["file"] = FAISS_NAME
+    ann.save(index, out / FAISS_NAME)
+    counts = store.counts()
+    info = {
+        "format": "priorclip-search-index",
+        "format_version": FORMAT_VERSION,
+        "priorclip_version": priorclip.__version__,
+        "created": created,
+        "updated": _now(),
+        "model": model,
+        "embed_dim": dim,
+        "tiling": {"tile_size": settings["tile_size"], "tile_stride": settings["tile_stride"],
+                   "stretch_percentiles": list(STRETCH_PERCENTILES)},
+        "roots": sorted(store.roots().values()),
+        "counts": counts,
+        "faiss": params,
+    }
+    if merged_from is not None:
+        info["merged_from"] = merged_from
+    log(f"[index] {counts['items']} items ({counts['tiles']} tiles from {counts['scenes']} scenes) in {out}; "
+        f"{counts['failed_files']} unreadable files, {counts['failed_items']} unreadable items "
+        f"(see {out / REPORT_NAME})")
+    return info
+
+
+def merge_indexes(parts: list[str | Path], out: str | Path, *, index_type: str = "flat", log=print) -> dict:
+    """Combine shard directories (same model and tiling) into one new index at `out`."""
+    if not parts:
+        raise ConfigError("--merge needs at least one part directory")
+    out = Path(out)
+    if (out / INDEX_JSON).exists() or (out / "items.sqlite").exists():
+        raise ConfigError(f"--out {out} already holds an index; merge into a new directory")
+    infos = [read_index_json(p) for p in parts]
+    first = infos[0]
+    want = (_identity(first["model"]), first["tiling"]["tile_size"], first["tiling"]["tile_stride"])
+    for p, inf in zip(parts, infos):
+        got = (_identity(inf["model"]), inf["tiling"]["tile_size"], inf["tiling"]["tile_stride"])
+        if got != want:
+            raise ConfigError(f"part {p} was built with a different model or tiling ({got}) than {parts[0]} ({want})")
+    settings = {"model": want[0], "tile_size": want[1], "tile_stride": want[2]}
+    with _locked(out):
+        store = Store(out)
+        store.set_meta("settings", settings)
+        created = _now()
+        store.set_meta("created", created)
+        con = store.conn
+        dup = 0
+        for p in parts:
+            src = Store(p, readonly=True)
+            root_map = store.root_ids(src.roots().values())
+            src_roots = src.roots()
+            with con:
+                for f in src.conn.execute("SELECT * FROM files ORDER BY file_id"):
+                    if con.execute("SELECT 1 FROM files WHERE path=?", (f["path"],)).fetchone():
+                        dup += 1
+                        continue
+                    cur = con.execute(
+                        "INSERT INTO files(path, root_id, size, mtime_ns, kind, raster, width, height, bands, dtype, "
+                        "crs, stretch, status, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (f["path"], root_map[src_roots[f["root_id"]]], f["size"], f["mtime_ns"], f["kind"],
+                         f["raster"], f["width"], f["height"], f["bands"], f["dtype"], f["crs"], f["stretch"],
+                         f["status"], f["error"]))
+                    new_file = cur.lastrowid
+                    for it in src.conn.execute(
+                            "SELECT items.*, vectors.vec FROM items LEFT JOIN vectors USING(id) WHERE file_id=? "
+                            "ORDER BY id", (f["file_id"],)):
+                        c2 = con.execute(
+                            "INSERT INTO items(file_id, kind, col, row, w, h, bounds, footprint, state, error) "
+                            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                            (new_file, it["kind"], it["col"], it["row"], it["w"], it["h"], it["bounds"],
+                             it["footprint"], it["state"], it["error"]))
+                        if it["vec"] is not None:
+                            con.execute("INSERT INTO vectors(id, vec) VALUES (?, ?)", (c2.lastrowid, it["vec"]))
+            src.close()
+        if dup:
+            log(f"[index] {dup} files appeared in more than one part; kept the first")
+        model = dict(first["model"])
+        info = _finish(store, out, model, settings, index_type, created, log,
+                       merged_from=[str(Path(p).resolve()) for p in parts])
+        info["shard"] = None
+        atomic_write_json(out / REPORT_NAME, {"failed": store.failures(), "skipped": []})
+        atomic_write_json(out / INDEX_JSON, info)
+        store.close()
+    return info
+
+
+def rebuild_ann(directory: str | Path, index_type: str, log=print) -> dict:
+    """Switch an existing index to another FAISS type without re-embedding."""
+    directory = Path(directory)
+    info = read_index_json(directory)
+    with _locked(directory):
+        store = Store(directory)
+        settings = store.get_meta("settings")
+        new = _finish(store, directory, info["model"], settings, index_type, info["created"], log,
+                      merged_from=info.get("merged_from"))
+        for key in ("last_run", "shard"):
+            new[key] = info.get(key)
+        atomic_write_json(directory / INDEX_JSON, new)
+        store.close()
+    return new

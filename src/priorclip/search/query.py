@@ -1,0 +1,268 @@
+"""Query a finished index: text or image in, ranked items out (as dicts, tables or GeoJSON).
+
+`SearchIndex` is safe to share between threads: the model call is serialised by the encoder's
+lock, FAISS searches are read-only, SQLite connections are per thread, and the thumbnail cache
+has its own lock. Files are only ever opened through `resolve_path`, which re-checks at every
+use that an item's stored path still lies inside a root recorded at index time.
+"""
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from priorclip.errors import ConfigError, DataError
+from priorclip.search import ann
+from priorclip.search.encoders import Encoder, encoder_for_index
+from priorclip.search.sources import open_raster, read_item, read_raster_window
+from priorclip.search.store import FAISS_NAME, Store, read_index_json
+
+MAX_K = 1000
+THUMB_SIZES = (64, 128, 256, 512)
+OVERVIEW_SIDE = 1024
+
+
+class PathNotAllowed(DataError):
+    """A stored path resolves outside the roots recorded at index time (symlink, `..`)."""
+
+
+class SearchIndex:
+    def __init__(self, directory: str | Path, encoder: Encoder | None = None, device: str = "cpu",
+                 cache_bytes: int = 64 << 20):
+        self.directory = Path(directory)
+        self.info = read_index_json(self.directory)
+        self.dim = int(self.info["embed_dim"])
+        self.store = Store(self.directory, readonly=True)
+        faiss_file = self.directory / self.info.get("faiss", {}).get("file", FAISS_NAME)
+        if not faiss_file.is_file():
+            raise DataError(f"{faiss_file} not found: rebuild the index with `priorclip index`")
+        self.ann = ann.load(faiss_file, self.info.get("faiss"))
+        self.roots = {rid: os.path.normpath(p) for rid, p in self.store.roots().items()}
+        self._device = device
+        self._encoder = encoder_for_index(self.info["model"], encoder) if encoder is not None else None
+        self._encoder_lock = threading.Lock()
+        self._cache: OrderedDict[tuple, bytes] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_limit = cache_bytes
+        self._cache_lock = threading.Lock()
+
+    # ---- model ----------------------------------------------------------------------------
+    @property
+    def encoder(self) -> Encoder:
+        """Loaded on first query, so browsing items works even before the model is read."""
+        if self._encoder is None:
+            with self._encoder_lock:
+                if self._encoder is None:
+                    self._encoder = encoder_for_index(self.info["model"], None, self._device)
+        return self._encoder
+
+    def __len__(self) -> int:
+        return int(self.ann.ntotal)
+
+    # ---- search ---------------------------------------------------------------------------
+    def search_vector(self, vector: np.ndarray, k: int = 10, exclude: int | None = None) -> list[dict]:
+        if not 1 <= int(k) <= MAX_K:
+            raise ConfigError(f"k={k}: must be between 1 and {MAX_K}")
+        q = np.ascontiguousarray(np.asarray(vector, np.float32).reshape(1, self.dim))
+        extra = 1 if exclude is not None else 0
+        scores, ids = self.ann.search(q, min(int(k) + extra, max(len(self), 1)))
+        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0 and i != exclude][:int(k)]
+        meta = self.store.items([i for i, _ in pairs])
+        hits = []
+        for rank, (i, s) in enumerate(pairs, 1):
+            item = meta.get(i)
+            if item is None:  # vector without metadata cannot happen in a consistent index
+                continue
+            hits.append({"rank": rank, "score": round(s, 6), **_public_item(item)})
+        return hits
+
+    def search_text(self, text: str, k: int = 10) -> list[dict]:
+        text = (text or "").strip()
+        if not text:
+            raise ConfigError("query text is empty")
+        return self.search_vector(self.encoder.embed_texts([text])[0], k)
+
+    def embed_image(self, image: Image.Image) -> np.ndarray:
+        tensor = self.encoder.transform(image.convert("RGB"))
+        return self.encoder.embed_images(tensor.unsqueeze(0))[0]
+
+    def search_image(self, image: Image.Image | str | Path | bytes, k: int = 10) -> list[dict]:
+        return self.search_vector(self.embed_image(load_query_image(image)), k)
+
+    def search_similar(self, item_id: int, k: int = 10) -> list[dict]:
+        """Items like a stored one, from its stored vector (no decoding, no model call)."""
+        vec = self.store.vector(item_id, self.dim)
+        if vec is None:
+            raise KeyError(item_id)
+        return self.search_vector(vec, k, exclude=int(item_id))
+
+    # ---- items ----------------------------------------------------------------------------
+    def item(self, item_id: int) -> dict | None:
+        item = self.store.item(item_id)
+        return None if item is None or not item["embedded"] else _public_item(item)
+
+    def resolve_path(self, item: dict) -> str:
+        """The stored file of `item`, if it still resolves inside its recorded root."""
+        root = self.roots.get(item.get("root_id"))
+        stored = item.get("abspath") or item.get("path")
+        if root is None or not stored:
+            raise PathNotAllowed("item has no recorded root")
+        rel = os.path.relpath(os.path.normpath(stored), root)
+        if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+            raise PathNotAllowed("stored path is outside the indexed folders")
+        candidate = os.path.join(root, rel)
+        real = os.path.realpath(candidate)
+        if real != os.path.normpath(candidate) or os.path.realpath(root) != root:
+            raise PathNotAllowed("a symlink appeared in the stored path after indexing")
+        if not real.startswith(root.rstrip(os.sep) + os.sep):
+            raise PathNotAllowed("stored path is outside the indexed folders")
+        return real
+
+    def thumbnail(self, item_id: int, size: int = 256) -> bytes:
+        """JPEG of at most `size` px a side, decoded at reduced size (JPEG draft mode, GDAL
+        decimated/overview reads) and kept in a bounded LRU cache."""
+        if size not in THUMB_SIZES:
+            raise ConfigError(f"size={size}: choose one of {', '.join(map(str, THUMB_SIZES))}")
+        key = ("thumb", int(item_id), size)
+        cached = self._cache_get(key)
+        if cached is not None:
+            return cached
+        item = self.store.item(item_id)
+        if item is None or not item["embedded"]:
+            raise KeyError(item_id)
+        path = self.resolve_path(item)
+        window = item["window"] if item["kind"] == "tile" else None
+        image = read_item(path, window, item["stretch"], max_side=size)
+        data = _jpeg(image, size)
+        self._cache_put(key, data)
+        return data
+
+    def scene(self, scene_id: int) -> dict | None:
+        s = self.store.scene(scene_id)
+        if s is None:
+            return None
+        return {"scene_id": s["scene_id"], "name": os.path.basename(s["path"]),
+                "path": _relpath(s["path"], self.roots.get(s["root_id"])), "width": s["width"],
+                "height": s["height"], "crs": s["crs"], "bands": s["bands"], "dtype": s["dtype"],
+                "tiles": s["tiles"]}
+
+    def scene_overview(self, scene_id: int, side: int = OVERVIEW_SIDE) -> tuple[bytes, tuple[int, int]]:
+        """Downsampled whole scene as JPEG, plus its (width, height) in pixels."""
+        key = ("overview", int(scene_id), side)
+        cached = self._cache_get(key)
+        s = self.store.scene(scene_id)
+        if s is None:
+            raise KeyError(scene_id)
+        if cached is not None:
+            return cached, (s["width"], s["height"])
+        path = self.resolve_path({"root_id": s["root_id"], "path": s["path"]})
+        with open_raster(path) as ds:
+            image = read_raster_window(ds, None, s["stretch"], out_side=side)
+        data = _jpeg(image, side)
+        self._cache_put(key, data)
+        return data, (s["width"], s["height"])
+
+    def _cache_get(self, key):
+        with self._cache_lock:
+            data = self._cache.get(key)
+            if data is not None:
+                self._cache.move_to_end(key)
+            return data
+
+    def _cache_put(self, key, data: bytes) -> None:
+        with self._cache_lock:
+            if key in self._cache:
+                return
+            self._cache[key] = data
+            self._cache_bytes += len(data)
+            while self._cache_bytes > self._cache_limit and self._cache:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= len(old)
+
+    def summary(self) -> dict:
+        return {"items": len(self), "model": self.info["model"].get("name"), "embed_dim": self.dim,
+                "index_type": self.info.get("faiss", {}).get("type"), "counts": self.info.get("counts"),
+                "created": self.info.get("created"), "updated": self.info.get("updated")}
+
+
+def _public_item(item: dict) -> dict:
+    """Item fields a client sees. `path` is absolute (for CLI/GeoJSON users on the same machine);
+    the server replaces it with the path relative to its root."""
+    return {"id": item["id"], "kind": item["kind"], "path": item["path"],
+            "name": os.path.basename(item["path"]), "root_id": item["root_id"],
+            "window": item["window"], "crs": item["crs"], "bounds": item["bounds"],
+            "footprint": item["footprint"], "scene_id": item["scene_id"], "scene_size": item["scene_size"]}
+
+
+def _relpath(path: str, root: str | None) -> str:
+    return os.path.relpath(path, root) if root else os.path.basename(path)
+
+
+def _jpeg(image: Image.Image, side: int) -> bytes:
+    image = image.convert("RGB")
+    if max(image.size) > side:
+        image.thumbnail((side, side), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+QUERY_MAX_SIDE = 2048  # the encoder resizes to a few hundred pixels anyway
+
+
+def load_query_image(source: Image.Image | str | Path | bytes) -> Image.Image:
+    """A query image from a PIL image, a file path or encoded bytes, read by the shared
+    `load_image` (decompression-bomb guard, 16-bit stretch, reduced decode)."""
+    from priorclip.data.images import image_from_bytes, load_image
+
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if isinstance(source, (bytes, bytearray)):
+        return image_from_bytes(bytes(source), "uploaded image", max_side=QUERY_MAX_SIDE)
+    return load_image(source, max_side=QUERY_MAX_SIDE)
+
+
+def to_geojson(hits: list[dict], query: dict | None = None) -> dict:
+    """RFC 7946 FeatureCollection: one Feature per hit, the tile footprint as a lon/lat Polygon
+    (null geometry for images without georeferencing)."""
+    features = []
+    for h in hits:
+        geom = None
+        if h.get("footprint"):
+            geom = {"type": "Polygon", "coordinates": [h["footprint"]]}
+        props = {k: h.get(k) for k in ("rank", "score", "id", "path", "name", "kind", "scene_id", "crs")}
+        props["window"] = h.get("window")
+        feat = {"type": "Feature", "id": h["id"], "geometry": geom, "properties": props}
+        if h.get("bounds"):
+            feat["bbox"] = h["bounds"]
+        features.append(feat)
+    fc = {"type": "FeatureCollection", "features": features}
+    if query:
+        fc["query"] = query
+    return fc
+
+
+def format_table(hits: list[dict]) -> str:
+    """Readable ranking for a terminal."""
+    if not hits:
+        return "no results"
+    rows = [("rank", "score", "id", "window / bounds (lon/lat)", "path")]
+    for h in hits:
+        where = ""
+        if h["kind"] == "tile":
+            c, r, w, hh = h["window"]
+            where = f"px {c},{r} {w}x{hh}"
+            if h.get("bounds"):
+                b = h["bounds"]
+                where += f"  [{b[0]:.5f}, {b[1]:.5f}, {b[2]:.5f}, {b[3]:.5f}]"
+        rows.append((str(h["rank"]), f"{h['score']:.4f}", str(h["id"]), where, h["path"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(r[i].rjust(widths[i]) if i < 3 else r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4]
+             for r in rows]
+    lines.insert(1, "-" * min(120, len(lines[0])))
+    return "\n".join(line.rstrip() for line in lines)

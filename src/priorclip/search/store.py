@@ -1,0 +1,296 @@
+"""On-disk layout of an index directory and its two stores.
+
+    INDEX_DIR/
+      index.json      what made the index (model, tiling, counts, FAISS type, recall); written last
+      items.sqlite    files, items (image or tile, window, lon/lat footprint) and their vectors
+      vectors.faiss   the search structure, rebuilt from items.sqlite after each run
+      report.json     files that could not be read and why
+
+SQLite is the source of truth: each embedded batch is committed in one transaction, so a killed run
+loses at most the batch in flight and a rerun embeds only the items still without a vector. The
+FAISS file and index.json are replaced atomically (write to a temporary file, then os.replace).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from priorclip.errors import DataError
+
+INDEX_JSON = "index.json"
+DB_NAME = "items.sqlite"
+FAISS_NAME = "vectors.faiss"
+REPORT_NAME = "report.json"
+FORMAT_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS roots (root_id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+  file_id INTEGER PRIMARY KEY AUTOINCREMENT,
+  path TEXT UNIQUE NOT NULL,
+  root_id INTEGER NOT NULL REFERENCES roots(root_id),
+  size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+  kind TEXT, raster INTEGER NOT NULL DEFAULT 0,
+  width INTEGER, height INTEGER, bands INTEGER, dtype TEXT, crs TEXT, stretch TEXT,
+  status TEXT NOT NULL DEFAULT 'planned',   -- planned | failed
+  error TEXT
+);
+CREATE TABLE IF NOT EXISTS items (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  file_id INTEGER NOT NULL REFERENCES files(file_id) ON DELETE CASCADE,
+  kind TEXT NOT NULL,                       -- image | tile
+  col INTEGER, row INTEGER, w INTEGER, h INTEGER,
+  bounds TEXT, footprint TEXT,
+  state INTEGER NOT NULL DEFAULT 0,         -- 0 pending, 1 embedded, -1 failed
+  error TEXT
+);
+CREATE INDEX IF NOT EXISTS items_file ON items(file_id);
+CREATE INDEX IF NOT EXISTS items_state ON items(state);
+CREATE TABLE IF NOT EXISTS vectors (
+  id INTEGER PRIMARY KEY REFERENCES items(id) ON DELETE CASCADE,
+  vec BLOB NOT NULL
+);
+"""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def read_index_json(directory: str | Path) -> dict:
+    path = Path(directory) / INDEX_JSON
+    if not path.is_file():
+        raise DataError(f"{path} not found: {directory} is not a finished index (run `priorclip index ... --out {directory}`)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable index description ({exc})") from exc
+
+
+class Store:
+    """SQLite access for one index directory. Writers use one connection; readers (the server)
+    get one read-only connection per thread, as sqlite3 connections are not shared across
+    threads."""
+
+    def __init__(self, directory: str | Path, readonly: bool = False):
+        self.directory = Path(directory)
+        self.path = self.directory / DB_NAME
+        self.readonly = readonly
+        self._local = threading.local()
+        if readonly:
+            if not self.path.is_file():
+                raise DataError(f"{self.path} not found: {directory} is not an index directory")
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            con = self.conn
+            con.executescript(_SCHEMA)
+            con.execute("INSERT OR IGNORE INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
+            con.commit()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            if self.readonly:
+                con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            else:
+                con = sqlite3.connect(self.path, timeout=30)
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("PRAGMA foreign_keys=ON")
+            con.row_factory = sqlite3.Row
+            self._local.con = con
+        return con
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    # ---- metadata -------------------------------------------------------------------------
+    def get_meta(self, key: str, default=None):
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value) -> None:
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def root_ids(self, roots: Iterable[str]) -> dict[str, int]:
+        with self.conn:
+            for r in roots:
+                self.conn.execute("INSERT OR IGNORE INTO roots(path) VALUES (?)", (r,))
+        return {r["path"]: r["root_id"] for r in self.conn.execute("SELECT * FROM roots")}
+
+    def roots(self) -> dict[int, str]:
+        return {r["root_id"]: r["path"] for r in self.conn.execute("SELECT * FROM roots")}
+
+    # ---- files ----------------------------------------------------------------------------
+    def files_by_path(self) -> dict[str, sqlite3.Row]:
+        return {r["path"]: r for r in self.conn.execute("SELECT * FROM files")}
+
+    def delete_files(self, file_ids: Iterable[int]) -> None:
+        ids = [(int(i),) for i in file_ids]
+        if ids:
+            with self.conn:
+                self.conn.executemany("DELETE FROM files WHERE file_id=?", ids)
+
+    def put_file(self, path: str, root_id: int, size: int, mtime_ns: int, *, plan=None,
+                 raster: bool = False, error: str | None = None) -> int:
+        """Insert (or replace) a file and its planned items in one transaction."""
+        with self.conn:
+            self.conn.execute("DELETE FROM files WHERE path=?", (path,))
+            if plan is None:
+                cur = self.conn.execute(
+                    "INSERT INTO files(path, root_id, size, mtime_ns, raster, status, error) "
+                    "VALUES (?,?,?,?,?, 'failed', ?)", (path, root_id, size, mtime_ns, int(raster), error))
+                return cur.lastrowid
+            cur = self.conn.execute(
+                "INSERT INTO files(path, root_id, size, mtime_ns, kind, raster, width, height, bands, "
+                "dtype, crs, stretch, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?, 'planned')",
+                (path, root_id, size, mtime_ns, plan.kind, int(raster), plan.width, plan.height,
+                 plan.bands, plan.dtype, plan.crs, json.dumps(plan.stretch) if plan.stretch else None))
+            file_id = cur.lastrowid
+            self.conn.executemany(
+                "INSERT INTO items(file_id, kind, col, row, w, h, bounds, footprint) VALUES (?,?,?,?,?,?,?,?)",
+                [(file_id, it["kind"], *it["window"],
+                  json.dumps(it["bounds"]) if it["bounds"] else None,
+                  json.dumps(it["footprint"]) if it["footprint"] else None) for it in plan.items])
+            return file_id
+
+    # ---- items & vectors ------------------------------------------------------------------
+    def pending_items(self) -> list[dict]:
+        q = ("SELECT items.id, items.kind, items.col, items.row, items.w, items.h, files.path, files.raster, "
+             "files.stretch FROM items JOIN files USING(file_id) WHERE items.state=0 ORDER BY items.id")
+        rows = self.conn.execute(q).fetchall()
+        out = []
+        for r in rows:
+            out.append({"id": r["id"], "path": r["path"], "raster": bool(r["raster"]),
+                        "window": [r["col"], r["row"], r["w"], r["h"]] if r["kind"] == "tile" else None,
+                        "stretch": json.loads(r["stretch"]) if r["stretch"] else None})
+        return out
+
+    def reset_failed_items(self) -> int:
+        """Make items that failed to decode pending again (for --retry-failed)."""
+        with self.conn:
+            return self.conn.execute("UPDATE items SET state=0, error=NULL WHERE state=-1").rowcount
+
+    def commit_batch(self, ids: list[int], vectors: np.ndarray, failures: list[tuple[int, str]] = ()) -> None:
+        """Store one batch's vectors (and its failed items) atomically."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO vectors(id, vec) VALUES (?, ?)",
+                                  [(int(i), v.tobytes()) for i, v in zip(ids, vectors)])
+            self.conn.executemany("UPDATE items SET state=1, error=NULL WHERE id=?", [(int(i),) for i in ids])
+            self.conn.executemany("UPDATE items SET state=-1, error=? WHERE id=?",
+                                  [(err, int(i)) for i, err in failures])
+
+    def iter_vectors(self, dim: int, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        last = -1
+        while True:
+            rows = self.conn.execute(
+                "SELECT vectors.id, vec FROM vectors JOIN items USING(id) WHERE items.state=1 AND "
+                "vectors.id>? ORDER BY vectors.id LIMIT ?", (last, chunk)).fetchall()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+            last = int(ids[-1])
+            yield ids, vecs
+
+    def all_vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        parts = list(self.iter_vectors(dim))
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def vector(self, item_id: int, dim: int) -> np.ndarray | None:
+        row = self.conn.execute("SELECT vec FROM vectors WHERE id=?", (int(item_id),)).fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype=np.float32).reshape(dim)
+
+    def counts(self) -> dict:
+        c = self.conn
+        files = c.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+        failed_files = c.execute("SELECT COUNT(*) FROM files WHERE status='failed'").fetchone()[0]
+        scenes = c.execute("SELECT COUNT(*) FROM files WHERE kind='scene'").fetchone()[0]
+        by_state = dict(c.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
+        tiles = c.execute("SELECT COUNT(*) FROM items WHERE kind='tile' AND state=1").fetchone()[0]
+        return {"files": files, "scenes": scenes, "failed_files": failed_files,
+                "items": by_state.get(1, 0), "tiles": tiles,
+                "pending_items": by_state.get(0, 0), "failed_items": by_state.get(-1, 0)}
+
+    def failures(self) -> list[dict]:
+        out = [{"path": r["path"], "error": r["error"]}
+               for r in self.conn.execute("SELECT path, error FROM files WHERE status='failed' ORDER BY path")]
+        out += [{"path": r["path"], "error": r["error"],
+                 **({"window": [r["col"], r["row"], r["w"], r["h"]]} if r["kind"] == "tile" else {})}
+                for r in self.conn.execute(
+                    "SELECT files.path, items.kind, col, row, w, h, items.error FROM items JOIN files USING(file_id) "
+                    "WHERE items.state=-1 ORDER BY items.id")]
+        return out
+
+    _ITEM_SQL = ("SELECT items.id, items.kind, items.col, items.row, items.w, items.h, items.bounds, "
+                 "items.footprint, items.state, files.file_id, files.path, files.root_id, files.kind AS file_kind, "
+                 "files.raster, files.width, files.height, files.crs, files.stretch, files.dtype, files.bands "
+                 "FROM items JOIN files USING(file_id) ")
+
+    def items(self, ids: Iterable[int]) -> dict[int, dict]:
+        ids = [int(i) for i in ids]
+        out: dict[int, dict] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            q = self._ITEM_SQL + f"WHERE items.id IN ({','.join('?' * len(part))})"
+            for r in self.conn.execute(q, part):
+                out[r["id"]] = _item_dict(r)
+        return out
+
+    def item(self, item_id: int) -> dict | None:
+        return self.items([item_id]).get(int(item_id))
+
+    def scene(self, file_id: int) -> dict | None:
+        r = self.conn.execute("SELECT * FROM files WHERE file_id=? AND kind='scene'", (int(file_id),)).fetchone()
+        if r is None:
+            return None
+        return {"scene_id": r["file_id"], "path": r["path"], "root_id": r["root_id"], "width": r["width"],
+                "height": r["height"], "crs": r["crs"], "bands": r["bands"], "dtype": r["dtype"],
+                "stretch": json.loads(r["stretch"]) if r["stretch"] else None,
+                "tiles": self.conn.execute("SELECT COUNT(*) FROM items WHERE file_id=? AND state=1",
+                                           (int(file_id),)).fetchone()[0]}
+
+
+def _item_dict(r: sqlite3.Row) -> dict:
+    return {
+        "id": r["id"], "kind": r["kind"], "path": r["path"], "root_id": r["root_id"],
+        "window": [r["col"], r["row"], r["w"], r["h"]],
+        "bounds": json.loads(r["bounds"]) if r["bounds"] else None,
+        "footprint": json.loads(r["footprint"]) if r["footprint"] else None,
+        "crs": r["crs"], "raster": bool(r["raster"]),
+        "scene_id": r["file_id"] if r["file_kind"] == "scene" else None,
+        "scene_size": [r["width"], r["height"]] if r["file_kind"] == "scene" else None,
+        "stretch": json.loads(r["stretch"]) if r["stretch"] else None,
+        "embedded": r["state"] == 1,
+    }

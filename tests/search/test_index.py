@@ -1,0 +1,247 @@
+"""Indexing a folder: search by text and image, incremental re-runs, resume after a kill,
+unreadable files, sharding/merging, approximate index recall, and the CLI verbs."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+
+from priorclip.cli.main import main
+from priorclip.errors import ConfigError, DataError
+from priorclip.search import ann
+from priorclip.search.encoders import ModelEncoder
+from priorclip.search.index import build_index, merge_indexes, parse_shard
+from priorclip.search.query import SearchIndex
+
+from conftest import DIM, STUB, StubModel
+
+pytestmark = pytest.mark.shared
+
+
+def _build(archive, out, encoder, **kw):
+    kw.setdefault("batch_size", 8)
+    kw.setdefault("progress", False)
+    kw.setdefault("log", lambda *_: None)
+    return build_index([archive], out, encoder, model_spec=STUB, **kw)
+
+
+def test_index_folder_then_search_by_text_and_image(archive, tmp_path, stub_encoder):
+    out = tmp_path / "idx"
+    info = _build(archive, out, stub_encoder)
+    n = len(list(archive.rglob("*.jpg")))
+    assert info["counts"]["items"] == n and info["counts"]["failed_files"] == 0
+    for name in ("index.json", "items.sqlite", "vectors.faiss", "report.json"):
+        assert (out / name).is_file()
+    on_disk = json.loads((out / "index.json").read_text())
+    assert on_disk["model"]["name"] == STUB and on_disk["embed_dim"] == DIM
+    assert on_disk["model"]["spec"] == STUB and on_disk["priorclip_version"]
+    assert on_disk["faiss"]["type"] == "flat" and on_disk["roots"] == [str(archive.resolve())]
+
+    idx = SearchIndex(out)  # loads the encoder by the name recorded in index.json
+    hits = idx.search_text("many planes parked near the terminal", k=7)
+    assert len(hits) == 7 and [h["rank"] for h in hits] == list(range(1, 8))
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert len({h["id"] for h in hits}) == 7
+
+    query = sorted(archive.rglob("*.jpg"))[5]
+    hits = idx.search_image(query, k=3)
+    assert hits[0]["path"] == str(query.resolve()) and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert hits[1]["score"] < hits[0]["score"]
+    # k larger than the archive returns everything once
+    assert len(idx.search_text("river", k=1000)) == n
+
+
+def test_incremental_rerun_embeds_only_new_or_changed(archive, tmp_path, stub_encoder, ucm_dir):
+    out = tmp_path / "idx"
+    first = _build(archive, out, stub_encoder)
+    n = first["counts"]["items"]
+    ids_before = {r[0] for r in sqlite3.connect(out / "items.sqlite").execute("SELECT id FROM items")}
+
+    again = _build(archive, out, stub_encoder)
+    assert again["last_run"]["embedded"] == 0 and again["last_run"]["files_unchanged"] == n
+
+    new_dir = archive / "c"
+    new_dir.mkdir()
+    for i in (2, 3, 4):
+        shutil.copy(ucm_dir / "images" / f"{i}.jpg", new_dir / f"new{i}.jpg")
+    changed = sorted((archive / "b").glob("*.jpg"))[0]
+    shutil.copy(ucm_dir / "images" / "1000.jpg", changed)   # new content
+    os.utime(changed, ns=(1, 1_000_000_000))
+    removed = sorted((archive / "a").glob("*.jpg"))[0]
+    removed.unlink()
+
+    third = _build(archive, out, stub_encoder)
+    assert third["last_run"]["embedded"] == 4            # 3 new + 1 changed
+    assert third["last_run"]["files_removed"] == 1
+    assert third["counts"]["items"] == n + 3 - 1
+    idx = SearchIndex(out, encoder=stub_encoder)
+    assert idx.search_image(changed, k=1)[0]["path"] == str(changed.resolve())
+    assert idx.search_image(changed, k=1)[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    ids_after = {r[0] for r in sqlite3.connect(out / "items.sqlite").execute("SELECT id FROM items")}
+    assert len(ids_before & ids_after) == n - 2            # unchanged items keep their ids
+    assert str(removed.resolve()) not in {h["path"] for h in idx.search_text("x", k=1000)}
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def test_resume_after_kill_does_not_reembed_committed_batches(archive, tmp_path, stub_encoder):
+    out = tmp_path / "idx"
+    model = StubModel()
+
+    class DiesOnThirdBatch(ModelEncoder):
+        def embed_images(self, batch):
+            if self.model.calls == 2:
+                raise _Killed("simulated kill")
+            return super().embed_images(batch)
+
+    with pytest.raises(_Killed):
+        _build(archive, out, DiesOnThirdBatch(model), batch_size=4)
+    assert not (out / "index.json").exists()               # unfinished runs never look finished
+    committed = sqlite3.connect(out / "items.sqlite").execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+    assert committed == 8
+
+    with pytest.raises(DataError):
+        SearchIndex(out)                                    # not queryable before it finishes
+    info = _build(archive, out, stub_encoder, batch_size=4)
+    n = len(list(archive.rglob("*.jpg")))
+    assert info["last_run"]["embedded"] == n - 8
+    assert info["counts"]["items"] == n and info["counts"]["pending_items"] == 0
+    # resumed vectors equal those of an uninterrupted build
+    fresh = _build(archive, tmp_path / "fresh", stub_encoder)
+    a = SearchIndex(out, encoder=stub_encoder).search_text("green trees", k=n)
+    b = SearchIndex(tmp_path / "fresh", encoder=stub_encoder).search_text("green trees", k=n)
+    assert [h["path"] for h in a] == [h["path"] for h in b]
+    assert fresh["counts"]["items"] == n
+
+
+def test_unreadable_files_are_reported_and_skipped(archive, tmp_path, stub_encoder, ucm_dir):
+    (archive / "garbage.jpg").write_bytes(b"this is not an image")
+    (archive / "empty.png").write_bytes(b"")
+    (archive / "truncated.jpg").write_bytes((ucm_dir / "images" / "7.jpg").read_bytes()[:700])
+    (archive / "notes.txt").write_text("not an image extension: ignored, not reported")
+    out = tmp_path / "idx"
+    info = _build(archive, out, stub_encoder)
+    n_good = len(list(archive.rglob("*.jpg"))) - 2
+    assert info["counts"]["items"] == n_good
+    report = json.loads((out / "report.json").read_text())
+    bad = {os.path.basename(r["path"]): r["error"] for r in report["failed"]}
+    assert set(bad) == {"garbage.jpg", "empty.png", "truncated.jpg"}
+    assert all(msg and not msg.startswith(str(archive)) for msg in bad.values())
+    assert bad["empty.png"] == "empty file (0 bytes)"
+    assert "truncat" in bad["truncated.jpg"]
+    hits = SearchIndex(out, encoder=stub_encoder).search_text("a road", k=100)
+    assert len(hits) == n_good and not any(h["name"] in bad for h in hits)
+    # unchanged bad files are not retried; --retry-failed tries them again
+    again = _build(archive, out, stub_encoder)
+    assert again["last_run"]["embedded"] == 0 and again["last_run"]["failed"] == 0
+    retried = _build(archive, out, stub_encoder, retry_failed=True)
+    assert retried["last_run"]["failed"] == 3
+
+
+def test_symlink_leaving_the_archive_is_not_indexed(archive, tmp_path, stub_encoder, ucm_dir):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(ucm_dir / "images" / "9.jpg", outside / "secret.jpg")
+    (archive / "link.jpg").symlink_to(outside / "secret.jpg")
+    out = tmp_path / "idx"
+    _build(archive, out, stub_encoder)
+    report = json.loads((out / "report.json").read_text())
+    assert [os.path.basename(s["path"]) for s in report["skipped"]] == ["link.jpg"]
+    paths = {h["path"] for h in SearchIndex(out, encoder=stub_encoder).search_text("x", k=1000)}
+    assert not any("secret" in p for p in paths)
+
+
+def test_changed_settings_need_a_new_directory(archive, tmp_path, stub_encoder):
+    out = tmp_path / "idx"
+    _build(archive, out, stub_encoder)
+    with pytest.raises(ConfigError, match="new --out"):
+        _build(archive, out, stub_encoder, tile_size=128)
+
+
+def test_shards_are_disjoint_and_merge_into_one_index(archive, tmp_path, stub_encoder):
+    parts = tmp_path / "parts"
+    a = _build(archive, parts, stub_encoder, shard=(0, 2))
+    b = _build(archive, parts, stub_encoder, shard=(1, 2))
+    n = len(list(archive.rglob("*.jpg")))
+    assert a["counts"]["items"] + b["counts"]["items"] == n and min(a["counts"]["items"], b["counts"]["items"]) > 0
+    dirs = sorted(parts.iterdir())
+    assert [d.name for d in dirs] == ["part-00000-of-00002", "part-00001-of-00002"]
+    pa = {h["path"] for h in SearchIndex(dirs[0], encoder=stub_encoder).search_text("x", k=1000)}
+    pb = {h["path"] for h in SearchIndex(dirs[1], encoder=stub_encoder).search_text("x", k=1000)}
+    assert not pa & pb
+    merged = merge_indexes(dirs, tmp_path / "merged", log=lambda *_: None)
+    assert merged["counts"]["items"] == n and len(merged["merged_from"]) == 2
+    idx = SearchIndex(tmp_path / "merged", encoder=stub_encoder)
+    assert {h["path"] for h in idx.search_text("x", k=1000)} == pa | pb
+    q = sorted(archive.rglob("*.jpg"))[3]
+    assert idx.search_image(q, k=1)[0]["path"] == str(q.resolve())
+    with pytest.raises(ConfigError, match="already holds"):
+        merge_indexes(dirs, tmp_path / "merged", log=lambda *_: None)
+
+
+def test_parse_shard_flag_and_torchrun_env():
+    assert parse_shard("1/4", env={}) == (1, 4)
+    assert parse_shard(None, env={"RANK": "2", "WORLD_SIZE": "3"}) == (2, 3)
+    assert parse_shard(None, env={"WORLD_SIZE": "1"}) is None
+    for bad in ("4/4", "x", "1/0", "-1/2"):
+        with pytest.raises(ConfigError):
+            parse_shard(bad, env={})
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
+def test_approximate_index_reports_recall(archive, tmp_path, stub_encoder, index_type):
+    info = _build(archive, tmp_path / "idx", stub_encoder, index_type=index_type)
+    r = info["faiss"]["recall_at_10"]
+    assert info["faiss"]["type"] == index_type and 0.0 <= r <= 1.0
+    assert r >= 0.9  # tiny archive: HNSW / IVF with enough probes are near exact
+    q = sorted(archive.rglob("*.jpg"))[0]
+    assert SearchIndex(tmp_path / "idx", encoder=stub_encoder).search_image(q, k=1)[0]["path"] == str(q.resolve())
+
+
+def test_recall_measure_detects_a_lossy_index():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(100, 4100, dtype=np.int64)
+    flat, _ = ann.build(x, ids, "flat")
+    assert ann.recall_at_k(flat, x, ids, k=10, n_queries=100) == 1.0
+    ivf, params = ann.build(x, ids, "ivf", nlist=64, nprobe=1)
+    r = ann.recall_at_k(ivf, x, ids, k=10, n_queries=100)
+    assert params["nprobe"] == 1 and r < 0.8   # uniform random data, one probed list: clearly lossy
+
+
+def test_cli_index_and_search(archive, tmp_path, stub_encoder, capsys):
+    out = tmp_path / "idx"
+    rc = main(["index", str(archive), "--model", STUB, "--out", str(out), "--workers", "2",
+               "--batch-size", "8", "--no-progress"])
+    assert rc == 0
+    n = len(list(archive.rglob("*.jpg")))
+    assert f"index ready: {n} items" in capsys.readouterr().out
+
+    assert main(["search", str(out), "a baseball field", "-k", "4"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["rank", "score", "id"] and len(table) == 2 + 4
+
+    query = sorted(archive.rglob("*.jpg"))[2]
+    assert main(["search", str(out), "--image", str(query), "-k", "3", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["results"][0]["path"] == str(query.resolve()) and len(data["results"]) == 3
+
+    assert main(["search", str(out), "beach", "-k", "2", "--geojson"]) == 0
+    fc = json.loads(capsys.readouterr().out)
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 2
+    assert all(f["geometry"] is None for f in fc["features"])   # plain JPEGs have no footprint
+
+    # user errors: one line on stderr, exit 2, no traceback
+    assert main(["search", str(out), "beach", "--image", str(query)]) == 2
+    assert main(["search", str(tmp_path / "nope"), "beach"]) == 2
+    assert main(["index", str(archive), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 3

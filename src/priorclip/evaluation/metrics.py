@@ -446,7 +446,8 @@ def recall_report(
     ks: Sequence[int] = (1, 5, 10),
     positives: str = "index",
 ) -> dict[str, Any]:
-    """Every tie rule at once, plus tie statistics and the numpy version behind "released"."""
+    """Every tie rule at once, plus tie statistics and the numpy version (and the SIMD level its
+    argsort dispatches to) behind "released"."""
     ks = _as_ks(ks)
     scores, t2i, pos = _prepare(similarity, text_to_image, positives, captions)
     i2t_d, t2i_d = _directions(scores, pos)
@@ -459,7 +460,21 @@ def recall_report(
     report["ties"] = _tie_stats(scores, t2i, stats_i2t, stats_t2i, captions)
     report["positives"] = positives
     report["numpy_version"] = np.__version__
+    report["numpy_sort_simd"] = _numpy_sort_simd()
     return report
+
+
+def _numpy_sort_simd() -> str:
+    """Instruction set numpy's argsort can use here: since numpy 2.0 it dispatches to
+    x86-simd-sort (AVX-512 or AVX2), whose tie order differs from the scalar introsort."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # pragma: no cover - private numpy module moved
+        return "unknown"
+    for name in ("AVX512_SKX", "AVX2"):
+        if features.get(name):
+            return name
+    return "baseline"
 
 
 def format_recall_table(report: dict[str, Any], rule: str = "expected") -> str:

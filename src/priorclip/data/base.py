@@ -203,8 +203,8 @@ class CaptionDataset(Dataset):
         for attempt in range(n):
             i = (index + attempt) % n
             img = self._text_to_image[i] if self.mode == "pairs" else i
-            if img in self._bad_images:
-                continue
+            if img in self._bad_images and self.on_error == "skip":
+                continue  # known bad in this process: skip without re-reading
             try:
                 return self._sample(i, img)
             except DataError as exc:

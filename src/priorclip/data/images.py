@@ -165,6 +165,7 @@ def _pil_open(src, name: str, head: bytes, max_side):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data": we raise instead
             im = Image.open(src)
             if max_side is not None:
                 im.draft("RGB", (int(max_side), int(max_side)))

@@ -1,0 +1,98 @@
+"""webdataset shards: write, stream with 2 workers, split by rank, decode errors are skipped."""
+from __future__ import annotations
+
+import io
+import tarfile
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from priorclip.data.shards import dataset_samples, make_shard_pipeline, write_shards
+from priorclip.models.transforms import image_transform
+
+
+def _samples(tmp_path, n=12):
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        p = tmp_path / f"img_{i}.png"
+        Image.fromarray(rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)).save(p)
+        out.append({"image": p if i % 2 else Image.open(p).convert("RGB"), "caption": f"caption number {i}", "key": f"k{i:03d}"})
+    return out
+
+
+def _tok(texts):
+    return torch.tensor([[int(t.split()[-1]), len(t)] for t in texts])
+
+
+@pytest.fixture
+def shards(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    return write_shards(_samples(src), tmp_path / "out", maxcount=4)
+
+
+def test_write_and_stream_with_two_workers(shards):
+    assert len(shards) == 3
+    pipe = make_shard_pipeline([str(s) for s in shards], image_transform(16), _tok, batch_size=2,
+                               resampled=False, shuffle_buffer=0, partial_batches=True)
+    loader = wds.WebLoader(pipe, batch_size=None, num_workers=2)
+    ids = []
+    for images, tokens in loader:
+        assert images.shape[1:] == (3, 16, 16) and tokens.shape[1] == 2
+        ids += tokens[:, 0].tolist()
+    assert sorted(ids) == list(range(12))  # every sample exactly once across the 2 workers
+
+
+def test_split_by_rank(shards):
+    urls = [str(s) for s in shards]
+    got = []
+    for rank in range(2):
+        pipe = make_shard_pipeline(urls, None, None, batch_size=None, resampled=False, shuffle_buffer=0,
+                                   rank=rank, world_size=2)
+        got.append(sorted(int(c.split()[-1]) for _, c in pipe))
+    assert got[0] == [0, 1, 2, 3, 8, 9, 10, 11] and got[1] == [4, 5, 6, 7]  # shards 0,2 vs shard 1
+
+
+def test_split_by_rank_from_env(shards, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    pipe = make_shard_pipeline([str(s) for s in shards], None, None, batch_size=None, resampled=False, shuffle_buffer=0)
+    assert sorted(int(c.split()[-1]) for _, c in pipe) == [4, 5, 6, 7]
+
+
+def test_resampled_epoch_and_bad_sample(shards, tmp_path):
+    # a shard with one undecodable image and one sample without caption: warned and skipped
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w") as tar:
+        for name, data in [("x1.jpg", b"garbage"), ("x1.txt", b"broken"), ("x2.png", b"\x89PNG")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.warns(UserWarning):
+        out = list(make_shard_pipeline([str(bad)], None, None, batch_size=None, resampled=False, shuffle_buffer=0))
+    assert out == []
+    pipe = make_shard_pipeline([str(s) for s in shards] + [str(bad)], image_transform(16), _tok, batch_size=3,
+                               resampled=True, seed=1, epoch_samples=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batches = list(pipe)
+    assert len(batches) == 4 and all(b[0].shape == (3, 3, 16, 16) for b in batches)
+
+
+@pytest.mark.shared
+def test_shards_from_real_dataset(ucm_dir, tmp_path):
+    from priorclip.data import KarpathyCaptions
+
+    ds = KarpathyCaptions(ucm_dir, "test", mode="images")
+    samples = list(dataset_samples(ds, per="image"))[:5]
+    paths = write_shards(samples, tmp_path, maxcount=5)
+    assert len(paths) == 1
+    out = list(make_shard_pipeline([str(paths[0])], None, None, batch_size=None, resampled=False, shuffle_buffer=0))
+    assert [c for _, c in out] == [ds.image_captions[i][0] for i in range(5)]
+    assert out[0][0].size == ds[0]["image"].size
+    assert np.array_equal(np.asarray(out[0][0]), np.asarray(ds[0]["image"]))  # bytes copied, not re-encoded

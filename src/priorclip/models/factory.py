@@ -63,7 +63,7 @@ def merge_config(base: dict, overrides: dict, path: str = "") -> dict:
         where = f"{path}{key}"
         if key not in out and path.rstrip(".").split(".")[-1] not in _FREE_FORM and key not in ("name",):
             close = difflib.get_close_matches(key, list(out), n=1)
-            hint = f" (did you mean {path}{close[0]!r}?)" if close else f" (known: {sorted(out)})"
+            hint = f" (did you mean '{path}{close[0]}'?)" if close else f" (known: {sorted(out)})"
             raise ConfigError(f"unknown model config key {where!r}{hint}")
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge_config(out[key], value, where + ".")

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from priorclip.data.base import CaptionDataset
-from priorclip.errors import DataError, DatasetNotFoundError
+from priorclip.errors import DataError
 
 SPLITS = ("train", "val", "test", "all")
 

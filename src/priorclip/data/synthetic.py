@@ -230,7 +230,7 @@ class _Canvas:
         # slow illumination change across the scene (thin haze, vignetting, sun angle)
         low = _upsample(rng.random((4, 4), dtype=np.float32), S)
         gain = rng.uniform(0.86, 1.12) * (1.0 + 0.14 * (low - 0.5))
-        tint = 1.0 + rng.uniform(-0.035, 0.035, size=3).astype(np.float32)
+        tint = 1.0 + rng.uniform(-0.025, 0.025, size=3).astype(np.float32)
         # ground texture (mid frequency) and sensor noise (per pixel)
         k = max(4, S // 5)
         mid = _upsample(rng.random((k, k), dtype=np.float32), S) - 0.5

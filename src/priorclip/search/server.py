@@ -10,8 +10,8 @@ Safety rules this module keeps:
   * the page is static files from this package, served with a Content-Security-Policy that
     allows nothing but this origin, so it works offline and cannot load third-party code.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI must see the real types of the request
+# model defined inside create_app (string annotations to a local class cannot be resolved).
 import logging
 import os
 from pathlib import Path
@@ -82,18 +82,20 @@ def create_app(index: SearchIndex | str | Path, *, max_upload_bytes: int = MAX_U
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         return response
 
-    def _fail(exc: Exception):
+    def _fail(exc: Exception, reading_item: bool = False):
+        """Map library errors to HTTP. Messages about stored files never include their paths."""
         if isinstance(exc, PathNotAllowed):
             log.warning("refused file access: %s", exc)
             raise HTTPException(403, "this item's file is outside the indexed folders")
         if isinstance(exc, KeyError):
             raise HTTPException(404, "no such item")
-        if isinstance(exc, (ConfigError, DataError)):
-            raise HTTPException(400, str(exc))
         if isinstance(exc, FileNotFoundError):
             raise HTTPException(410, "this item's file is gone from the archive; re-index")
-        if isinstance(exc, OSError):
-            raise HTTPException(422, "this item's file cannot be read")
+        if reading_item and isinstance(exc, (DataError, OSError)):
+            log.warning("cannot read item file: %s", exc)
+            raise HTTPException(422, "this item's file cannot be read; re-index")
+        if isinstance(exc, (ConfigError, DataError)):
+            raise HTTPException(400, str(exc))
         raise exc
 
     def _hit(h: dict) -> dict:
@@ -205,7 +207,7 @@ def create_app(index: SearchIndex | str | Path, *, max_upload_bytes: int = MAX_U
         try:
             data = idx.thumbnail(item_id, size)
         except Exception as exc:
-            _fail(exc)
+            _fail(exc, reading_item=True)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/scenes/{scene_id}", summary="A scene's size and CRS")
@@ -222,7 +224,7 @@ def create_app(index: SearchIndex | str | Path, *, max_upload_bytes: int = MAX_U
         try:
             data, (w, h) = idx.scene_overview(scene_id)
         except Exception as exc:
-            _fail(exc)
+            _fail(exc, reading_item=True)
         return Response(data, media_type="image/jpeg", headers={
             "Cache-Control": "private, max-age=3600", "X-Scene-Width": str(w), "X-Scene-Height": str(h)})
 

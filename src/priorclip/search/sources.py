@@ -189,8 +189,8 @@ def window_lonlat(crs, transform, col: int, row: int, width: int, height: int):
     """
     from rasterio.warp import transform as warp_transform, transform_bounds
 
-    corners = [transform * (col, row), transform * (col + width, row),
-               transform * (col + width, row + height), transform * (col, row + height)]
+    corners = [transform @ (col, row), transform @ (col + width, row),
+               transform @ (col + width, row + height), transform @ (col, row + height)]
     xs, ys = zip(*corners)
     lons, lats = warp_transform(crs, "EPSG:4326", list(xs), list(ys))
     ring = [[round(float(x), 9), round(float(y), 9)] for x, y in zip(lons, lats)]

@@ -1,0 +1,162 @@
+"""The search page in a real headless browser (Playwright driving Debian's chromium).
+
+Needs /usr/bin/chromium and the `playwright` package (scripts/setup_browser.sh installs both);
+skipped without them unless PRIORCLIP_REQUIRE_BROWSER=1, which turns the skip into a failure.
+Set PRIORCLIP_SCREENSHOT_DIR to keep the screenshots.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from priorclip.search.encoders import ModelEncoder
+from priorclip.search.index import build_index
+from priorclip.search.query import SearchIndex
+from priorclip.search.server import create_app
+
+from conftest import STUB, StubModel, make_geotiff
+
+CHROMIUM = Path(os.environ.get("PRIORCLIP_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+EVIL = '<img src=x onerror="window.__pwned=1">.jpg'
+
+pytestmark = pytest.mark.shared
+
+
+def _need_browser():
+    missing = []
+    if not CHROMIUM.exists():
+        missing.append(f"{CHROMIUM} (apt package chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("python package playwright")
+    if missing:
+        msg = f"browser test needs {', '.join(missing)}: run scripts/setup_browser.sh"
+        if os.environ.get("PRIORCLIP_REQUIRE_BROWSER", "") not in ("", "0", "false"):
+            pytest.fail(msg + " (PRIORCLIP_REQUIRE_BROWSER=1 turns this skip into a failure)")
+        pytest.skip(msg)
+
+
+@pytest.fixture
+def server(tmp_path, archive, ucm_dir):
+    _need_browser()
+    import uvicorn
+
+    make_geotiff(archive / "scene.tif", 600, 400)
+    shutil.copy(ucm_dir / "images" / "1500.jpg", archive / EVIL)   # a hostile file name
+    encoder = ModelEncoder(StubModel())
+    build_index([archive], tmp_path / "idx", encoder, model_spec=STUB, progress=False, log=lambda *_: None)
+    app = create_app(SearchIndex(tmp_path / "idx", encoder=encoder))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not srv.started:
+        assert time.time() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def _wait_true(page, expression: str, timeout: float = 15.0) -> None:
+    """Poll a JS expression with page.evaluate (wait_for_function evaluates strings with eval,
+    which the page's Content-Security-Policy rightly forbids)."""
+    deadline = time.time() + timeout
+    while not page.evaluate(expression):
+        assert time.time() < deadline, f"timed out waiting for: {expression}"
+        time.sleep(0.1)
+
+
+def _not_blank(png: bytes) -> float:
+    arr = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32)
+    return float(arr.std())
+
+
+def test_page_search_grid_and_detail_view(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    keep = os.environ.get("PRIORCLIP_SCREENSHOT_DIR")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            problems = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("dialog", lambda d: (problems.append("dialog: " + d.message), d.dismiss()))
+            outside = []
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(server) and not r.url.startswith("data:") else None)
+
+            page.goto(server + "/")
+            expect(page.locator("#summary")).to_contain_text("items", timeout=15000)
+            page.select_option("#k", "50")
+            page.fill("#q", "many planes parked near the terminal")
+            page.click("#search-button")
+            cards = page.locator(".card")
+            expect(page.locator("#status")).to_contain_text("results for", timeout=15000)
+            n = cards.count()
+            assert n == 30 + 1 + 6  # photos, the hostile name, the 6 tiles of the scene
+            scores = page.locator(".card .score").all_inner_texts()
+            assert len(scores) == n and all(s.replace(".", "", 1).replace("-", "", 1).isdigit() for s in scores)
+            values = [float(s) for s in scores]
+            assert values == sorted(values, reverse=True)
+            # thumbnails in view are real decoded images
+            _wait_true(page, "Array.from(document.querySelectorAll('.card img')).slice(0, 8)"
+                             ".every(i => i.complete && i.naturalWidth > 0)")
+            assert page.locator("#geojson-link").get_attribute("href").startswith("/api/search.geojson?")
+
+            # the hostile file name is shown as text, never interpreted
+            names = page.locator(".card .name").all_inner_texts()
+            assert EVIL in names
+            assert page.evaluate("window.__pwned === undefined")
+
+            shot = page.screenshot(full_page=False)
+            assert _not_blank(shot) > 20, "screenshot looks blank"
+
+            # open a scene tile: detail view with its footprint on the scene overview
+            page.locator('.card[title="scene.tif"]').first.click()
+            expect(page.locator("#detail")).to_be_visible()
+            expect(page.locator("#detail-title")).to_have_text("scene.tif")
+            expect(page.locator("#scene-block")).to_be_visible()
+            assert page.locator("#scene-svg rect").count() == 6
+            assert page.locator("#scene-svg rect.current").count() == 1
+            _wait_true(page, "document.getElementById('scene-image').naturalWidth > 0 && "
+                             "document.getElementById('detail-image').naturalWidth > 0")
+            meta = page.locator("#detail-meta").inner_text()
+            assert "EPSG:32633" in meta and "lon" in meta
+            detail_shot = page.screenshot(full_page=False)
+            assert _not_blank(detail_shot) > 20
+            scene_shot = page.locator("#scene-view").screenshot()
+            assert _not_blank(scene_shot) > 20
+
+            # a plain photo has no scene block; "more like this" searches again
+            page.locator('.card[title^="a/"]').first.click()
+            expect(page.locator("#scene-block")).to_be_hidden()
+            page.click("#similar-button")
+            expect(page.locator("#status")).to_contain_text("items like", timeout=15000)
+
+            assert not problems, problems
+            assert not outside, f"page requested other origins: {outside}"
+            if keep:
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                (Path(keep) / "search_grid.png").write_bytes(shot)
+                (Path(keep) / "search_detail.png").write_bytes(detail_shot)
+                (Path(keep) / "search_scene.png").write_bytes(scene_shot)
+        finally:
+            browser.close()

@@ -1,0 +1,668 @@
+"""The training loop for every stage (see docs/TRAINING.md).
+
+Stages: `prior` (the closed model's prior tower as a scene classifier), `closed` (closed-domain
+PriorCLIP or its baseline: contrastive + affiliation loss), `pretrain` and `finetune` (open
+domain: contrastive loss; finetune freezes the prior and the text tower and caches the text
+embeddings).
+
+Exact resume: the order of the data in an epoch is a function of (seed, epoch) only (a
+DistributedSampler re-seeded per epoch), and each sample's augmentation is drawn from a generator
+seeded by (seed, epoch, index), so skipping the first k batches of an epoch reproduces what an
+uninterrupted run sees; optimizer, scheduler, scaler and RNG states come from `train_state.pt`.
+Validation runs inside `torch.random.fork_rng`, so it never shifts the training RNG.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from priorclip.errors import CheckpointError, ConfigError
+from priorclip.training import checkpointing as ck
+from priorclip.training.recipe import Recipe, dump_recipe, load_recipe, parse_set, recipe_from_dict
+
+log = logging.getLogger(__name__)
+
+# Parameters without weight decay: biases, norms, temperatures, embeddings (names or 1-D shapes).
+_NO_DECAY = ("bias", "norm", "ln_", "bn", "temp", "logit_scale", "embedding", "embeddings", "class_embedding",
+             "cls_token", "pos_embed", "relative_position_bias_table", "absolute_pos_embed")
+# Text-tower parameter prefixes per architecture (frozen by finetune).
+_TEXT_PREFIXES = {"open": ("token_embedding", "positional_embedding", "transformer.", "ln_final", "text_projection"),
+                  "open-baseline": ("token_embedding", "positional_embedding", "transformer.", "ln_final", "text_projection"),
+                  "closed": ("text.",), "closed-baseline": ("text.",)}
+
+
+# ---- distributed --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_kind: str) -> DistInfo:
+    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) -> process group; nccl on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return DistInfo(rank, world, local)
+
+
+def _barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+class _SeededSamples(Dataset):
+    """Train items with augmentation randomness drawn from (seed, epoch, index): identical whatever
+    the worker count, and reproducible when a resumed epoch skips its first batches."""
+
+    def __init__(self, dataset, seed: int, images_only: bool = False):
+        self.dataset, self.seed, self.epoch, self.images_only = dataset, seed, 0, images_only
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        state = torch.get_rng_state()
+        torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index))
+        try:
+            s = self.dataset[index]
+        finally:
+            torch.set_rng_state(state)
+        if self.images_only:
+            return s["image"], s["label"]
+        return s["image"], s["caption"], s["image_id"], s["caption_id"], s["label"]
+
+
+def _collate(items):
+    cols = list(zip(*items))
+    out = [torch.stack(cols[0])]
+    for col in cols[1:]:
+        out.append(list(col) if isinstance(col[0], str) else torch.tensor(col, dtype=torch.long))
+    return out
+
+
+def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int, info: DistInfo) -> list[list[int]]:
+    """This rank's batches of epoch `epoch`: a function of (seed, epoch) only; incomplete batch dropped."""
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n_items), num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    idx = list(sampler)
+    return [idx[i:i + batch_size] for i in range(0, len(idx) - batch_size + 1, batch_size)]
+
+
+def _dataset(recipe: Recipe, split: str, transforms, mode: str):
+    from priorclip.data.karpathy import KarpathyCaptions
+
+    d = recipe.data
+    return KarpathyCaptions(d.path, split=split, transforms=transforms, images_root=d.images_root,
+                            labels=d.labels, mode=mode)
+
+
+# ---- model / optimisation -------------------------------------------------------------------
+
+class _Forward(nn.Module):
+    """What DDP wraps: every trainable tensor the loss uses (temperatures too) comes out of forward,
+    so DDP sees it in the autograd graph."""
+
+    def __init__(self, model: nn.Module, stage: str):
+        super().__init__()
+        self.model, self.stage = model, stage
+
+    def forward(self, images, tokens=None, text_features=None):
+        if self.stage == "prior":
+            return self.model(images)
+        m = self.model
+        img = m.encode_image(images, normalize=True)
+        if text_features is None:
+            text_features = m.encode_text(tokens, normalize=True)
+        if self.stage == "closed":
+            return img, text_features, m.temp, getattr(m, "temp2", None)
+        return img, text_features, m.temperature, None
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        low = name.lower()
+        (no_decay if p.ndim < 2 or any(t in low for t in _NO_DECAY) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(total_steps: int, warmup: int, schedule: str, min_ratio: float):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+        return min_ratio + (1 - min_ratio) * shape
+    return f
+
+
+def _clamp_temperatures(model: nn.Module) -> None:
+    with torch.no_grad():
+        for name in ("temp", "temp2"):  # the released PIR clamp
+            p = getattr(model, name, None)
+            if isinstance(p, nn.Parameter):
+                p.clamp_(0.001, 0.5)
+        if isinstance(getattr(model, "logit_scale", None), nn.Parameter):  # open_clip's clamp
+            model.logit_scale.clamp_(0, math.log(100))
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---- run directory --------------------------------------------------------------------------
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[3]
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _environment(info: DistInfo, device: torch.device) -> dict:
+    from priorclip import __version__
+
+    return {"priorclip": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+            "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
+            "cuda": torch.version.cuda if device.type == "cuda" else None, "world_size": info.world_size,
+            "git_commit": _git_commit(), "argv": sys.argv}
+
+
+class _Logger:
+    """JSON-lines log (+ TensorBoard when available); rank 0 only."""
+
+    def __init__(self, run_dir: Path | None, tensorboard: bool):
+        self.fh = open(run_dir / "log.jsonl", "a", encoding="utf-8") if run_dir else None
+        self.tb = None
+        if run_dir and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception:  # tensorboard missing or broken: the JSONL log is the record
+                self.tb = None
+
+    def write(self, record: dict) -> None:
+        if self.fh is None:
+            return
+        self.fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        self.fh.flush()
+        if self.tb is not None and "step" in record:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(f"{record.get('event', 'train')}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.fh:
+            self.fh.close()
+        if self.tb:
+            self.tb.close()
+
+
+# ---- the trainer ----------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False):
+        self.recipe, self.run_dir, self.resume = recipe, Path(run_dir), resume
+        r = recipe
+        kind = "cuda" if (r.device == "auto" and torch.cuda.is_available()) or r.device.startswith("cuda") else "cpu"
+        self.info = init_distributed(kind)
+        if kind == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError("recipe key 'device': cuda requested but no CUDA device is available")
+            idx = self.info.local_rank if self.info.enabled or ":" not in r.device else int(r.device.split(":")[1])
+            self.device = torch.device("cuda", idx)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        if r.precision == "fp16" and kind != "cuda":
+            raise ConfigError("recipe key 'precision': fp16 autocast needs CUDA; use bf16 or fp32 on CPU")
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.main = self.info.is_main
+
+    # -- building --------------------------------------------------------------------------
+
+    def _tokenizer(self, train_ds):
+        """Closed models: the recipe's vocab.txt, the run's saved one (resume), or one trained now."""
+        import priorclip.models as pm
+
+        r = self.recipe
+        ctx = pm.get_model_config(r.model)["text_cfg"].get("context_length", 32) if isinstance(r.model, str) else 32
+        ctx = r.model_overrides.get("text_cfg", {}).get("context_length", ctx)
+        saved = self.run_dir / "vocab.txt"
+        if r.vocab is not None:
+            return pm.WordPieceTokenizer(r.vocab, context_length=ctx)
+        if saved.is_file():
+            return pm.WordPieceTokenizer(saved, context_length=ctx)
+        tok = pm.train_wordpiece(train_ds.all_captions, vocab_size=r.vocab_size, context_length=ctx)
+        if self.main:
+            tmp = saved.with_suffix(".tmp")
+            tok.save(tmp)
+            os.replace(tmp, saved)
+        _barrier(self.info)
+        return pm.WordPieceTokenizer(saved, context_length=ctx) if saved.is_file() else tok
+
+    def build(self) -> None:
+        import priorclip.models as pm
+
+        r = self.recipe
+        seed_everything(r.seed)
+        stage = r.stage
+        if stage == "prior":
+            base = pm.get_model_config(r.model)
+            if "prior_cfg" not in base:
+                raise ConfigError(f"recipe key 'model': the prior stage needs a closed PriorCLIP model with a prior_cfg; "
+                                  f"{r.model} has none")
+            prior_cfg = {**base["prior_cfg"], **r.model_overrides.get("prior_cfg", {})}
+            image_size = {**base["vision_cfg"], **r.model_overrides.get("vision_cfg", {})}.get("image_size", 224)
+            icfg = base.get("image_cfg", {})
+            from priorclip.models.transforms import image_transform
+
+            tf = image_transform(image_size, train=r.data.augment, mean=icfg.get("mean"), std=icfg.get("std"))
+            self.eval_tf = image_transform(image_size, train=False, mean=icfg.get("mean"), std=icfg.get("std"))
+            self.train_ds = _dataset(r, r.data.train_split, tf, "images")
+            classes = self.train_ds.classes
+            if not classes or all(l < 0 for l in self.train_ds.labels):
+                raise ConfigError(f"data.labels={r.data.labels!r} gives no scene label to any training image")
+            self.classes = classes
+            self.model = ck.PriorClassifier(prior_cfg, len(classes))
+        else:
+            probe = _dataset(r, r.data.train_split, None, "pairs")
+            if stage == "finetune":
+                self.model = pm.load_checkpoint(r.init_checkpoint)
+            else:
+                arch = pm.get_model_config(r.model)["architecture"]
+                if stage == "closed" and not arch.startswith("closed"):
+                    raise ConfigError(f"recipe key 'model': stage closed needs a closed-domain model, {r.model} is {arch}")
+                if stage == "pretrain" and not arch.startswith("open"):
+                    raise ConfigError(f"recipe key 'model': stage pretrain needs an open-domain model, {r.model} is {arch}")
+                tok = self._tokenizer(probe) if arch.startswith("closed") else None
+                self.model = pm.create_model(r.model, tokenizer=tok, **r.model_overrides)
+                if r.init_checkpoint:
+                    init = pm.load_checkpoint(r.init_checkpoint)
+                    self.model.load_state_dict(init.state_dict())
+                    del init
+            if r.prior_checkpoint:
+                if stage != "closed":
+                    raise ConfigError("recipe key 'prior_checkpoint' applies to the closed stage only")
+                ck.load_prior_into(self.model, r.prior_checkpoint)
+            elif stage == "closed" and hasattr(self.model, "prior") and self.model.prior.frozen and self.main:
+                log.warning("closed stage without prior_checkpoint: the frozen prior keeps its RANDOM init")
+            arch = self.model.model_config["architecture"]
+            if stage == "finetune" and not r.train_all:
+                if hasattr(self.model, "set_prior_frozen"):
+                    self.model.set_prior_frozen(True)
+                for name, p in self.model.named_parameters():
+                    if name.startswith(_TEXT_PREFIXES[arch]):
+                        p.requires_grad_(False)
+            self.text_frozen = not any(p.requires_grad for n, p in self.model.named_parameters()
+                                       if n.startswith(_TEXT_PREFIXES[arch]))
+            if stage == "closed" and not (r.affiliation_weight and probe.classes) and hasattr(self.model, "temp2"):
+                self.model.temp2.requires_grad_(False)  # unused: keep DDP from waiting for its gradient
+            tf = self.model.image_transform(train=r.data.augment)
+            self.train_ds = _dataset(r, r.data.train_split, tf, "pairs")
+            self.use_labels = bool(r.affiliation_weight) and bool(self.train_ds.classes) and stage == "closed"
+        self.model.to(self.device)
+        self.val_ds = self._optional_split(r.data.val_split)
+        self.test_ds = self._optional_split(r.data.test_split)
+
+    def _optional_split(self, split):
+        from priorclip.errors import DataError
+
+        if not split:
+            return None
+        try:
+            return _dataset(self.recipe, split, None, "images")
+        except DataError as exc:
+            if self.main:
+                log.warning("split %r not used: %s", split, exc)
+            return None
+
+    # -- evaluation ------------------------------------------------------------------------
+
+    def evaluate(self, model: nn.Module, dataset) -> dict:
+        """Validation/test metrics; `score` is what model selection maximises."""
+        r = self.recipe
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if r.stage == "prior":
+                return self._evaluate_classifier(model, dataset)
+            from priorclip.evaluation.encode import evaluate_model
+
+            report = evaluate_model(model, dataset, batch_size=r.eval_batch_size, device=self.device,
+                                    workers=min(r.workers, 2))
+            report["score"] = report["expected"]["mr"]
+            return report
+
+    def _evaluate_classifier(self, model, dataset) -> dict:
+        from priorclip.evaluation.encode import images_view
+
+        view = images_view(dataset, self.eval_tf)
+        loader = DataLoader(view, batch_size=self.recipe.eval_batch_size, num_workers=min(self.recipe.workers, 2),
+                            collate_fn=lambda b: (torch.stack([s["image"] for s in b]), torch.tensor([s["label"] for s in b])))
+        was = model.training
+        model.eval()
+        correct = total = 0
+        with torch.inference_mode():
+            for images, labels in loader:
+                keep = labels >= 0
+                if not keep.any():
+                    continue
+                pred = model(images.to(self.device)).argmax(1).cpu()
+                correct += int((pred[keep] == labels[keep]).sum())
+                total += int(keep.sum())
+        model.train(was)
+        acc = 100.0 * correct / max(total, 1)
+        return {"accuracy": acc, "n_labelled": total, "score": acc, "split": dataset.split}
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _save_model(self, directory: Path, extra: dict) -> None:
+        import priorclip.models as pm
+
+        if self.recipe.stage == "prior":
+            ck.save_prior(self.model, directory, self.classes, extra)
+        else:
+            pm.save_checkpoint(self.model, directory, extra=extra)
+
+    def save(self, name: str, position: dict, with_state: bool = True) -> None:
+        """Write checkpoints/<name>/ atomically (rank 0); `last` also holds the training state."""
+        if self.main:
+            final = self.ckpt_dir / name
+            tmp = ck.staging_dir(final)
+            self._save_model(tmp, {"step": self.step, "epoch": position["epoch"], "run_dir": str(self.run_dir)})
+            if with_state:
+                state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                         "scaler": self.scaler.state_dict(), "rng": _rng_state(), "step": self.step,
+                         "best_score": self.best_score, "history": self.history, **position}
+                torch.save(state, tmp / ck.TRAIN_STATE)
+            ck.publish_dir(tmp, final)
+        _barrier(self.info)
+
+    def _load_resume(self) -> dict:
+        last = ck.find_checkpoint(self.ckpt_dir / "last")
+        if last is None or not (last / ck.TRAIN_STATE).is_file():
+            raise CheckpointError(f"--resume {self.run_dir}: no complete checkpoint in {self.ckpt_dir / 'last'}")
+        from safetensors.torch import load_file
+
+        if self.recipe.stage == "prior":
+            self.model.prior.load_state_dict(load_file(str(last / ck.PRIOR_WEIGHTS)))
+            self.model.head.load_state_dict(load_file(str(last / ck.PRIOR_HEAD)))
+        else:
+            from priorclip.models.checkpoints import load_weights_strict, read_state_dict
+
+            load_weights_strict(self.model, read_state_dict(last / "model.safetensors"), source=str(last))
+        # our own file in our own run directory: the one place a full unpickle is acceptable
+        return torch.load(last / ck.TRAIN_STATE, map_location="cpu", weights_only=False)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _text_cache(self) -> torch.Tensor | None:
+        """Frozen text tower: embed every distinct training caption once (row = caption_id)."""
+        if self.recipe.stage in ("prior", "closed") or not self.text_frozen:
+            return None
+        from priorclip.evaluation.encode import encode_texts
+
+        was = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            cache = encode_texts(self.model, self.train_ds.all_captions, batch_size=256, device=self.device)
+        self.model.train(was)
+        return cache.clone()
+
+    def _loss(self, fwd, batch, text_cache, loss_fn):
+        r = self.recipe
+        if r.stage == "prior":
+            images, labels = batch
+            logits = fwd(images.to(self.device, non_blocking=True))
+            loss = F.cross_entropy(logits.float(), labels.to(self.device), ignore_index=-1)
+            return {"total": loss, "ce": loss}
+        images, captions, image_ids, caption_ids, labels = batch
+        images = images.to(self.device, non_blocking=True)
+        if text_cache is not None:
+            img, txt, t1, t2 = fwd(images, text_features=text_cache[caption_ids.to(text_cache.device)].to(self.device))
+        else:
+            tokens = self.model.tokenize(captions).to(self.device, non_blocking=True)
+            img, txt, t1, t2 = fwd(images, tokens)
+        return loss_fn(img.float(), txt.float(), t1.float(), None if t2 is None else t2.float(),
+                       image_ids=image_ids.to(self.device),
+                       scene_labels=labels.to(self.device) if getattr(self, "use_labels", False) else None)
+
+    def fit(self) -> dict:
+        import priorclip.models as pm
+        from tqdm import tqdm
+
+        r, info = self.recipe, self.info
+        self.build()
+        batches0 = epoch_batches(len(self.train_ds), r.batch_size, r.seed, 0, info)
+        steps_per_epoch = len(batches0) // r.grad_accum
+        if steps_per_epoch == 0:
+            raise ConfigError(f"data: {len(self.train_ds)} training items over {info.world_size} process(es) are "
+                              f"fewer than batch_size x grad_accum = {r.batch_size * r.grad_accum}; lower batch_size")
+        total_steps = steps_per_epoch * r.epochs
+        self.opt = torch.optim.AdamW(param_groups(self.model, r.weight_decay), lr=r.lr, betas=tuple(r.betas), eps=r.eps)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(total_steps, r.warmup_steps, r.schedule,
+                                                                           r.min_lr_ratio))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=r.precision == "fp16")
+        self.step, self.best_score, self.history = 0, None, []
+        start_epoch, start_micro = 0, 0
+        if self.resume:
+            state = self._load_resume()
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.step, self.best_score, self.history = state["step"], state["best_score"], state["history"]
+            start_epoch, start_micro = state["epoch"], state["micro"]
+            _set_rng_state(state["rng"])
+        text_cache = self._text_cache()
+        loss_fn = pm.PriorCLIPLoss(affiliation_weight=r.affiliation_weight if r.stage == "closed" else 0.0)
+        fwd = _Forward(self.model, r.stage)
+        if info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=ids, find_unused_parameters=True)
+        logger = _Logger(self.run_dir if self.main else None, r.tensorboard)
+        logger.write({"event": "resume" if self.resume else "start", "step": self.step, "epoch": start_epoch,
+                      "steps_per_epoch": steps_per_epoch, "total_steps": total_steps})
+        wrapped = _SeededSamples(self.train_ds, r.seed, images_only=r.stage == "prior")
+        autocast = dict(device_type=self.device.type, dtype=torch.bfloat16 if r.precision == "bf16" else torch.float16,
+                        enabled=r.precision != "fp32")
+        micro_per_epoch = steps_per_epoch * r.grad_accum
+        last_saved = self.step if self.resume else -1
+        self.model.train()
+        for epoch in range(start_epoch, r.epochs):
+            wrapped.epoch = epoch
+            batches = epoch_batches(len(self.train_ds), r.batch_size, r.seed, epoch, info)[:micro_per_epoch]
+            skip = start_micro if epoch == start_epoch else 0
+            loader = DataLoader(wrapped, batch_sampler=batches[skip:], num_workers=r.workers, collate_fn=_collate,
+                                pin_memory=self.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(r.seed + epoch))
+            epoch_losses: list[float] = []
+            bar = tqdm(total=steps_per_epoch, initial=skip // r.grad_accum, desc=f"epoch {epoch + 1}/{r.epochs}",
+                       disable=not self.main, dynamic_ncols=True, mininterval=1.0)
+            t0, seen, acc = time.time(), 0, {}
+            for micro, batch in enumerate(loader, start=skip):
+                boundary = (micro + 1) % r.grad_accum == 0
+                sync = fwd.no_sync() if info.enabled and not boundary else contextlib.nullcontext()
+                with sync:
+                    with torch.autocast(**autocast):
+                        losses = self._loss(fwd, batch, text_cache, loss_fn)
+                    self.scaler.scale(losses["total"] / r.grad_accum).backward()
+                for k, v in losses.items():
+                    acc[k] = acc.get(k, 0.0) + float(v.detach()) / r.grad_accum
+                seen += len(batch[0]) * info.world_size
+                if not boundary:
+                    continue
+                self.scaler.unscale_(self.opt)
+                grad_norm = None
+                if r.grad_clip:
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                        [p for g in self.opt.param_groups for p in g["params"]], r.grad_clip))
+                self.scaler.step(self.opt)
+                self.scaler.update()
+                self.opt.zero_grad(set_to_none=True)
+                self.sched.step()
+                _clamp_temperatures(self.model)
+                self.step += 1
+                epoch_losses.append(acc["total"])
+                lr = self.opt.param_groups[0]["lr"]
+                rate = seen / max(time.time() - t0, 1e-9)
+                bar.set_postfix(loss=f"{acc['total']:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
+                bar.update(1)
+                if self.step % r.log_every == 0 or self.step == 1:
+                    rec = {"event": "train", "step": self.step, "epoch": epoch, "lr": lr, "samples_per_s": rate,
+                           **{f"loss_{k}": v for k, v in acc.items()}}
+                    if grad_norm is not None:
+                        rec["grad_norm"] = grad_norm
+                    logger.write(rec)
+                acc = {}
+                in_epoch = micro + 1
+                if r.save_every_steps and self.step % r.save_every_steps == 0 and in_epoch < micro_per_epoch:
+                    self.save("last", {"epoch": epoch, "micro": in_epoch})
+                    last_saved = self.step
+            bar.close()
+            mean_loss = float(np.mean(epoch_losses)) if epoch_losses else None
+            record = {"event": "epoch", "step": self.step, "epoch": epoch, "mean_loss": mean_loss}
+            is_last = epoch + 1 == r.epochs
+            if self.val_ds is not None and ((r.eval_every and (epoch + 1) % r.eval_every == 0) or is_last):
+                if self.main:
+                    val = self.evaluate(self.model, self.val_ds)
+                    record["val_score"] = val["score"]
+                    if self.best_score is None or val["score"] > self.best_score:
+                        self.best_score = val["score"]
+                        record["new_best"] = True
+                        tmp = ck.staging_dir(self.ckpt_dir / "best")
+                        self._save_model(tmp, {"step": self.step, "epoch": epoch, "val_score": val["score"],
+                                               "selected_on": self.val_ds.split})
+                        ck.publish_dir(tmp, self.ckpt_dir / "best")
+                _barrier(info)
+            self.history.append(record)
+            logger.write(record)
+            if self.step != last_saved or is_last:
+                self.save("last", {"epoch": epoch + 1, "micro": 0})
+                last_saved = self.step
+        results = self._final_reports() if self.main else {}
+        logger.write({"event": "end", "step": self.step, **{k: v for k, v in results.items() if isinstance(v, float)}})
+        logger.close()
+        _barrier(info)
+        return results
+
+    def _final_reports(self) -> dict:
+        """Test report of the val-selected (best) and the last checkpoint, JSON + markdown."""
+        import priorclip.models as pm
+        from priorclip.evaluation.metrics import format_recall_table
+
+        out = {"history": self.history, "best_val_score": self.best_score, "steps": self.step}
+        if self.test_ds is not None:
+            models = {"last": self.model}
+            best_dir = self.ckpt_dir / "best"
+            if best_dir.is_dir():
+                if self.recipe.stage == "prior":
+                    models["best"] = ck.load_prior_classifier(best_dir)[0].to(self.device)
+                else:
+                    models["best"] = pm.load_checkpoint(best_dir, map_location=str(self.device))
+            for name, model in models.items():
+                report = self.evaluate(model, self.test_ds)
+                (self.run_dir / f"test_{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+                if self.recipe.stage == "prior":
+                    md = f"| accuracy | n |\n|---:|---:|\n| {report['accuracy']:.2f} | {report['n_labelled']} |\n"
+                else:
+                    md = format_recall_table(report) + "\n"
+                (self.run_dir / f"test_{name}.md").write_text(f"# {name} checkpoint on split {self.test_ds.split}\n\n{md}")
+                out[f"test_{name}_score"] = report["score"]
+        (self.run_dir / "metrics.json").write_text(json.dumps(out, indent=2) + "\n")
+        return out
+
+
+def train(recipe: Recipe | None = None, out_dir: str | Path | None = None, resume: str | Path | None = None,
+          sets: list[str] | None = None) -> Path:
+    """Run (or resume) one training run; returns the run directory."""
+    if resume is not None:
+        run_dir = Path(resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise CheckpointError(f"--resume {run_dir}: no config.yaml there; is it a run directory of `priorclip train`?")
+        recipe = load_recipe(saved, sets)
+    elif recipe is None:
+        raise ConfigError("give a recipe or --resume RUN_DIR")
+    else:
+        if sets:
+            recipe = recipe_from_dict(dataclasses.asdict(recipe), parse_set(sets))
+        run_dir = Path(out_dir or recipe.out_dir)
+        if out_dir is not None:
+            recipe = dataclasses.replace(recipe, out_dir=str(out_dir))
+        if ck.find_checkpoint(run_dir / "checkpoints" / "last") is not None:
+            raise ConfigError(f"run directory {run_dir} already holds a run; continue it with --resume {run_dir} "
+                              f"or choose another --out")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers fork after tokenizing
+    trainer = Trainer(recipe, run_dir, resume=resume is not None)
+    if trainer.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        if resume is None:
+            (run_dir / "config.yaml").write_text(dump_recipe(recipe))
+            (run_dir / "run.json").write_text(json.dumps(_environment(trainer.info, trainer.device), indent=2) + "\n")
+    _barrier(trainer.info)
+    trainer.fit()
+    return run_dir

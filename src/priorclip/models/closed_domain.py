@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .api import RetrievalModelAPI
 from .pae import SpatialPAE, TemporalPAE
 from .tokenizers import WordPieceTokenizer
 from .towers import BertTextTower, PriorTower, VisionTokenTower
 
 
-class ClosedDualEncoder(nn.Module):
+class ClosedDualEncoder(RetrievalModelAPI, nn.Module):
     """Baseline: the same backbones, no prior, no PAE: normalize(proj(global token))."""
 
     architecture = "closed-baseline"
@@ -71,16 +72,6 @@ class ClosedDualEncoder(nn.Module):
         if tokens is not None:
             out["text_features"] = self.encode_text(tokens)
         return out
-
-    def tokenize(self, texts) -> torch.Tensor:
-        return self.tokenizer(texts)
-
-    def image_transform(self, train: bool = False):
-        from .transforms import image_transform
-
-        icfg = self.model_config.get("image_cfg", {})
-        return image_transform(self.model_config["vision_cfg"].get("image_size", 224), train=train,
-                               mean=icfg.get("mean"), std=icfg.get("std"))
 
     @property
     def temperature(self) -> torch.Tensor:

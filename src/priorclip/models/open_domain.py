@@ -20,6 +20,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
 from ..errors import ConfigError
+from .api import RetrievalModelAPI
 from .belief import SOFT_WEIGHTINGS, belief_scores, soft_belief
 from .tokenizers import ClipTokenizer
 
@@ -36,7 +37,7 @@ def _split_vision_cfg(vision_cfg: dict) -> tuple[dict, dict]:
     return clip_cfg, {k: vision_cfg[k] for k in PRIOR_KEYS if k in vision_cfg}
 
 
-class _OpenClipAPI:
+class _OpenClipAPI(RetrievalModelAPI):
     """Tokenizer, transforms and metadata shared by the open-domain model and its baseline."""
 
     def _init_api(self, config: dict) -> None:
@@ -44,16 +45,6 @@ class _OpenClipAPI:
         self.model_name = config.get("name", self.architecture)
         self.embed_dim = config["embed_dim"]
         self.tokenizer = ClipTokenizer(config["text_cfg"].get("context_length", 77))
-
-    def tokenize(self, texts) -> torch.Tensor:
-        return self.tokenizer(texts)
-
-    def image_transform(self, train: bool = False):
-        from .transforms import image_transform
-
-        icfg = self.model_config.get("image_cfg", {})
-        return image_transform(self.model_config["vision_cfg"].get("image_size", 224), train=train,
-                               mean=icfg.get("mean"), std=icfg.get("std"))
 
     @property
     def temperature(self) -> torch.Tensor:

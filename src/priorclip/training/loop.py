@@ -150,7 +150,9 @@ class _Forward(nn.Module):
         if text_features is None:
             text_features = m.encode_text(tokens, normalize=True)
         if self.stage == "closed":
-            return img, text_features, m.temp, getattr(m, "temp2", None)
+            # clone(): a bare leaf parameter as an output is invisible to DDP's unused-parameter search
+            t2 = getattr(m, "temp2", None)
+            return img, text_features, m.temp.clone(), None if t2 is None else t2.clone()
         return img, text_features, m.temperature, None
 
 
@@ -293,11 +295,14 @@ class Trainer:
         ctx = pm.get_model_config(r.model)["text_cfg"].get("context_length", 32) if isinstance(r.model, str) else 32
         ctx = r.model_overrides.get("text_cfg", {}).get("context_length", ctx)
         saved = self.run_dir / "vocab.txt"
-        if r.vocab is not None:
-            return pm.WordPieceTokenizer(r.vocab, context_length=ctx)
-        if saved.is_file():
+        if self.resume and saved.is_file():  # the run's own copy: the run continues with the same ids
             return pm.WordPieceTokenizer(saved, context_length=ctx)
-        tok = pm.train_wordpiece(train_ds.all_captions, vocab_size=r.vocab_size, context_length=ctx)
+        if r.vocab is not None:
+            tok = pm.WordPieceTokenizer(r.vocab, context_length=ctx)
+        else:
+            # NB: tokenizers' trainer breaks frequency ties differently in each process, so the
+            # vocabulary (and the run) is only reproducible through the saved vocab.txt.
+            tok = pm.train_wordpiece(train_ds.all_captions, vocab_size=r.vocab_size, context_length=ctx)
         if self.main:
             tmp = saved.with_suffix(".tmp")
             tok.save(tmp)

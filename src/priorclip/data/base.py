@@ -117,6 +117,7 @@ class CaptionDataset(Dataset):
         self._captions: list[list[str]] = [list(c) for _, c in records]
         self._text_to_image: list[int] = [i for i, caps in enumerate(self._captions) for _ in caps]
         self._flat: list[str] = [c for caps in self._captions for c in caps]
+        self._warn_empty_captions()
         self._classes = self.label_source.classes(self._filenames)
         index = {c: i for i, c in enumerate(self._classes)}
         self._labels = [index.get(self.label_source.name_of(f), -1) for f in self._filenames]
@@ -138,6 +139,16 @@ class CaptionDataset(Dataset):
         base = self.root if self.root.is_dir() else self.root.parent
         cand = base / "images"
         return cand if cand.is_dir() else None
+
+    def _warn_empty_captions(self) -> None:
+        """Empty captions are kept (caption ids must match the published files: RSITMD's train split
+        has 20) but named in one warning, since they train on nothing but [CLS] [SEP]."""
+        empty = [(self._filenames[i], j) for i, caps in enumerate(self._captions) for j, c in enumerate(caps) if not c]
+        self.empty_captions = empty
+        if empty:
+            shown = ", ".join(f"{f!r} caption {j + 1}" for f, j in empty[:5])
+            more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+            log.warning("%s: %d empty caption(s): %s%s", self._describe(), len(empty), shown, more)
 
     # ---- verification -------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ by relative path, then by base name.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from priorclip.data.base import CaptionDataset
@@ -33,7 +34,14 @@ class CsvCaptions(CaptionDataset):
     def _load_records(self):
         path = self.csv_file
         groups: dict[str, list[str]] = {}
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise DataError(f"{path}: line {line} is not UTF-8 text (byte {raw[exc.start]:#04x}); "
+                            "re-save the file as UTF-8") from None
+        with io.StringIO(text, newline="") as f:
             reader = csv.DictReader(f, delimiter=self.sep)
             cols = reader.fieldnames or []
             if self.image_key not in cols or self.caption_key not in cols:
@@ -41,7 +49,11 @@ class CsvCaptions(CaptionDataset):
                     f"{path}: needs columns '{self.image_key}' and '{self.caption_key}' (found {cols}); "
                     "set image_key= / caption_key= / sep="
                 )
-            for line, row in enumerate(reader, start=2):
+            for row in reader:
+                line = reader.line_num
+                if row[self.caption_key] is None:
+                    raise DataError(f"{path}: line {line} has fewer fields than the header "
+                                    f"(no '{self.caption_key}'); check the separator (sep={self.sep!r}) and quoting")
                 name = (row[self.image_key] or "").strip()
                 if not name:
                     raise DataError(f"{path}: line {line} has an empty '{self.image_key}'")

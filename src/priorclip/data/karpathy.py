@@ -13,12 +13,14 @@ as train, as in the COCO release.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from priorclip.data.base import CaptionDataset
 from priorclip.errors import DataError
 
 SPLITS = ("train", "val", "test", "all")
+log = logging.getLogger(__name__)
 
 
 class KarpathyCaptions(CaptionDataset):
@@ -51,9 +53,16 @@ class KarpathyCaptions(CaptionDataset):
 
     def _load_records(self):
         path = self.annotation_file
+        raw = path.read_bytes()
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise DataError(f"{path}: line {line} is not UTF-8 text (byte {raw[exc.start]:#04x}); "
+                            "re-save the file as UTF-8") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
             raise DataError(f"{path}: not valid JSON ({exc})") from None
         images = data.get("images") if isinstance(data, dict) else None
         if not isinstance(images, list):
@@ -62,20 +71,34 @@ class KarpathyCaptions(CaptionDataset):
         if self.split not in SPLITS and self.split not in present:
             raise DataError(f"{path}: no split {self.split!r}; the file has splits {present}")
         want = {self.split} | ({"restval"} if self.split == "train" else set())
-        records = []
+        records: list[tuple[str, list[str]]] = []
+        first: dict[str, int] = {}  # image name -> (records index); duplicates are merged, as precomp/CSV do
         for k, im in enumerate(images):
             if not isinstance(im, dict) or "filename" not in im:
                 raise DataError(f"{path}: images[{k}] has no 'filename'")
+            if not isinstance(im["filename"], str) or not im["filename"].strip():
+                raise DataError(f"{path}: images[{k}].filename must be a non-empty string, got {im['filename']!r}")
             if self.split != "all" and im.get("split") not in want:
                 continue
             sents = im.get("sentences", [])
-            try:
-                caps = [str(s["raw"]).strip() if isinstance(s, dict) else str(s).strip() for s in sents]
-            except KeyError:
-                raise DataError(f"{path}: images[{k}].sentences[] entries need a 'raw' field") from None
+            if not isinstance(sents, list):
+                raise DataError(f"{path}: images[{k}].sentences must be a list of {{'raw': ...}} objects, "
+                                f"got {type(sents).__name__}")
+            caps = []
+            for j, s in enumerate(sents):
+                raw = s.get("raw") if isinstance(s, dict) else s
+                if not isinstance(raw, str):
+                    raise DataError(f"{path}: images[{k}].sentences[{j}] needs a string 'raw' field, got {s!r:.80}")
+                caps.append(raw.strip())
             name = im["filename"]
             if im.get("filepath"):
-                name = f"{im['filepath'].rstrip('/')}/{name}"
+                name = f"{str(im['filepath']).rstrip('/')}/{name}"
+            if name in first:
+                log.warning("%s: images[%d] repeats image %r of an earlier entry; its captions are merged into it",
+                            path, k, name)
+                records[first[name]][1].extend(caps)
+                continue
+            first[name] = len(records)
             records.append((name, caps))
         if not records:
             raise DataError(f"{path}: split {self.split!r} is empty (splits present: {present})")

@@ -1,8 +1,20 @@
 """Checkpoints: our own (safetensors + JSON config), the authors' released files, open_clip export.
 
 Our format is a directory: `model.safetensors`, `config.json` (the full model config) and, for
-closed-domain models, `vocab.txt`. Files are written to temporary names and renamed into place,
-`config.json` last, so a crash never leaves a directory that looks complete but is not.
+closed-domain models, `vocab.txt`. Saving over an existing checkpoint is all-or-nothing across
+these files (a crash, kill -9 or full disk leaves the old set or the new set, never a mix):
+
+1. every file is written and fsynced into a staging folder `DIR/.staging-<id>/`;
+2. the commit point: `DIR/.commit` (naming the staging folder and the new file set) is written
+   to a temporary name and `os.replace`d into place;
+3. the files are moved from staging into `DIR` one `os.replace` at a time, then `.commit` and the
+   staging folder are removed.
+
+A reader that finds `.commit` takes each file from the staging folder while it is still there,
+else from `DIR`, which is the complete new set at any point of step 3, without writing anything;
+the next save finishes (or, before step 2, discards) an interrupted one. Both `config.json` and
+the safetensors metadata carry the same `save_id`, so a mixed pair is detected, never loaded.
+Other files in `DIR` (e.g. a trainer's state) are left alone.
 
 Released files are pickles (`.pt`/`.pth`/`.bin`): loading one runs the unpickler, so they are
 refused unless `allow_pickle=True`, and even then only read with `torch.load(weights_only=True)`.
@@ -12,16 +24,22 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
 from .factory import build_model, get_model_config
 
 WEIGHTS_NAME, CONFIG_NAME, VOCAB_NAME = "model.safetensors", "config.json", "vocab.txt"
+CHECKPOINT_FILES = (WEIGHTS_NAME, VOCAB_NAME, CONFIG_NAME)
+COMMIT_NAME, STAGING_PREFIX = ".commit", ".staging-"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".tar")
 
 
@@ -38,44 +56,151 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a directory; the rename order still holds
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_commit(directory: Path) -> dict | None:
+    """The pending commit record of `directory`, or None (also for an unreadable one: see below)."""
+    try:
+        record = json.loads((directory / COMMIT_NAME).read_text())
+        staging = directory / record["staging"]
+        return {"staging": staging, "files": list(record["files"])}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{directory / COMMIT_NAME} is unreadable ({exc}); delete it and the "
+                              f"{STAGING_PREFIX}* folders to fall back to the files in {directory}") from None
+
+
+def _finish_pending(directory: Path) -> None:
+    """Complete a save that crashed after its commit point; discard staging folders from before it."""
+    record = _read_commit(directory)
+    if record is not None:
+        staging = record["staging"]
+        for name in CHECKPOINT_FILES:
+            if (staging / name).exists():
+                os.replace(staging / name, directory / name)
+            elif name not in record["files"]:
+                (directory / name).unlink(missing_ok=True)
+        _fsync_path(directory)
+        (directory / COMMIT_NAME).unlink()
+        _fsync_path(directory)
+    for leftover in directory.glob(STAGING_PREFIX + "*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in directory.glob(f".{COMMIT_NAME}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+def _resolve_files(directory: Path) -> dict[str, Path | None]:
+    """Where each checkpoint file of the current complete set is (None: not part of it)."""
+    record = _read_commit(directory)
+    if record is None:
+        return {n: (directory / n if (directory / n).is_file() else None) for n in CHECKPOINT_FILES}
+    out = {}
+    for name in CHECKPOINT_FILES:
+        if name not in record["files"]:
+            out[name] = None
+        elif (record["staging"] / name).is_file():
+            out[name] = record["staging"] / name
+        else:
+            out[name] = directory / name if (directory / name).is_file() else None
+    return out
+
+
 def save_checkpoint(model, directory: str | Path, extra: dict | None = None) -> Path:
-    """Write `model` to `directory` atomically (safetensors weights + JSON config)."""
+    """Write `model` to `directory` (safetensors weights + JSON config), all files or none."""
     from .. import __version__
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    _finish_pending(directory)
+    save_id = uuid.uuid4().hex
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    tokenizer = getattr(model, "tokenizer", None)
-    if hasattr(tokenizer, "save"):
-        _atomic_write(directory / VOCAB_NAME, tokenizer.save)
-    meta = {"name": model.model_name, "config": model.model_config, "priorclip_version": __version__, **(extra or {})}
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    staging = directory / f"{STAGING_PREFIX}{save_id}"
+    staging.mkdir()
+    try:
+        save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt", "save_id": save_id})
+        files = [WEIGHTS_NAME]
+        tokenizer = getattr(model, "tokenizer", None)
+        if hasattr(tokenizer, "save"):
+            tokenizer.save(staging / VOCAB_NAME)
+            files.append(VOCAB_NAME)
+        meta = {"name": model.model_name, "config": model.model_config, "priorclip_version": __version__,
+                **(extra or {}), "save_id": save_id}
+        (staging / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        files.append(CONFIG_NAME)
+        for name in files:
+            _fsync_path(staging / name)
+        _fsync_path(staging)
+        _atomic_write(directory / COMMIT_NAME,
+                      lambda tmp: Path(tmp).write_text(json.dumps({"staging": staging.name, "files": files})))
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)  # before the commit point: the old set stays
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"cannot save checkpoint to {directory}: {exc.strerror or exc} "
+                                  f"({type(exc).__name__}, errno {exc.errno}); the checkpoint previously there "
+                                  "is unchanged. Free disk space or choose another directory.") from exc
+        raise
+    _fsync_path(directory)
+    _finish_pending(directory)
     return directory
 
 
 def load_checkpoint(directory: str | Path, map_location: str = "cpu"):
     """Load a model saved by `save_checkpoint` (strict: every parameter must match)."""
     directory = Path(directory)
-    cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a checkpoint directory (expected {CONFIG_NAME} and {WEIGHTS_NAME} inside)")
-    missing = [p.name for p in (cfg_path, weights) if not p.is_file()]
-    if missing:
-        raise CheckpointError(f"checkpoint {directory} is incomplete: missing {missing}")
-    try:
-        meta = json.loads(cfg_path.read_text())
-        config = meta["config"]
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise CheckpointError(f"{cfg_path} is not a PriorCLIP checkpoint config ({exc})") from None
+    config_id = weights_id = None
+    for attempt in range(3):
+        files = _resolve_files(directory)
+        cfg_path, weights = files[CONFIG_NAME], files[WEIGHTS_NAME]
+        missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if files[n] is None]
+        if missing:
+            raise CheckpointError(f"checkpoint {directory} is incomplete: missing {missing}")
+        try:
+            meta = json.loads(cfg_path.read_text())
+            config = meta["config"]
+            weights_id = _weights_save_id(weights)
+        except FileNotFoundError:  # moved by a save running right now: resolve again
+            time.sleep(0.05)
+            continue
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{cfg_path} is not a PriorCLIP checkpoint config ({exc})") from None
+        config_id = meta.get("save_id")
+        if weights_id is None or config_id is None or weights_id == config_id:
+            break
+        time.sleep(0.05)  # a save in another process is between its file moves
+    else:
+        raise CheckpointError(f"checkpoint {directory}: {CONFIG_NAME} and {WEIGHTS_NAME} come from different saves "
+                              f"(save_id {config_id} vs {weights_id}); "
+                              "re-save the model or restore the directory from a backup")
     tokenizer = None
-    if config.get("architecture", "").startswith("closed") and (directory / VOCAB_NAME).is_file():
+    vocab = files[VOCAB_NAME]
+    if config.get("architecture", "").startswith("closed") and vocab is not None:
         from .tokenizers import WordPieceTokenizer
 
-        tokenizer = WordPieceTokenizer(directory / VOCAB_NAME, context_length=config["text_cfg"].get("context_length", 32))
+        tokenizer = WordPieceTokenizer(vocab, context_length=config["text_cfg"].get("context_length", 32))
     model = build_model(config, tokenizer=tokenizer)
-    load_weights_strict(model, read_state_dict(weights), source=str(weights))
+    load_weights_strict(model, read_state_dict(weights), source=str(directory / WEIGHTS_NAME))
     return model.to(map_location)
+
+
+def _weights_save_id(path: Path) -> str | None:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("save_id")
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); is it truncated?") from None
 
 
 def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict:

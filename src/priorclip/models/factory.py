@@ -75,12 +75,57 @@ def merge_config(base: dict, overrides: dict, path: str = "") -> dict:
     return out
 
 
+# Sizes that must be positive integers wherever they appear (None = "use the default" where allowed).
+_POSITIVE_INTS = {
+    "embed_dim", "image_size", "width", "layers", "heads", "head_width", "patch_size", "prior_width",
+    "context_length", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "intermediate_size", "max_position_embeddings", "instru_num", "cycle_num", "filter_size", "belief_tokens",
+}
+
+
+def validate_config(config: dict) -> None:
+    """Reject wrong types and impossible values with the key path named, before torch/timm/open_clip
+    fail somewhere deep inside with an AssertionError or a negative-dimension RuntimeError."""
+    def walk(node, path):
+        for key, value in node.items():
+            where = f"{path}{key}"
+            if isinstance(value, dict):
+                if key not in ("backbone_kwargs",):
+                    walk(value, where + ".")
+            elif key in _POSITIVE_INTS and value is not None:
+                items = value if key == "image_size" and isinstance(value, (list, tuple)) else [value]
+                if not items or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in items):
+                    raise ConfigError(f"model config key {where!r} must be a positive integer, got {value!r}")
+    walk(config, "")
+    for key in ("temperature", "temperature_affiliation"):
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ConfigError(f"model config key {key!r} must be a positive number, got {value!r}")
+    text, pae = config.get("text_cfg") or {}, config.get("pae_cfg") or {}
+    pairs = [("text_cfg.width", text.get("width"), "text_cfg.heads", text.get("heads")),
+             ("text_cfg.hidden_size", text.get("hidden_size"), "text_cfg.num_attention_heads", text.get("num_attention_heads")),
+             ("embed_dim", config.get("embed_dim"), "pae_cfg.heads", pae.get("heads"))]
+    for wname, width, hname, heads in pairs:
+        if width is not None and heads is not None and width % heads:
+            raise ConfigError(f"model config: {hname}={heads} does not divide {wname}={width}; "
+                              f"choose a number of heads that divides {width}")
+    ctx, max_pos = text.get("context_length"), text.get("max_position_embeddings")
+    if ctx is not None and max_pos is not None and ctx > max_pos:
+        raise ConfigError(f"model config: text_cfg.context_length={ctx} exceeds text_cfg.max_position_embeddings={max_pos}")
+    dropout = pae.get("dropout")
+    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1):
+        raise ConfigError(f"model config key 'pae_cfg.dropout' must be in [0, 1), got {dropout!r}")
+    if "belief" in pae and pae["belief"] not in ("hard", "soft"):
+        raise ConfigError(f"model config key 'pae_cfg.belief' must be 'hard' or 'soft', got {pae['belief']!r}")
+
+
 def build_model(config: dict, tokenizer=None, build_backbones: bool = True):
     """Build a model from a complete config dict (as stored in a checkpoint's config.json)."""
     from .closed_domain import ClosedDualEncoder, ClosedPriorCLIP
     from .open_domain import OpenCLIPBaseline, OpenPriorCLIP
 
     arch = config.get("architecture")
+    validate_config(config)
     if arch == "closed":
         return ClosedPriorCLIP(config, tokenizer=tokenizer, build_backbones=build_backbones)
     if arch == "closed-baseline":

@@ -1,0 +1,585 @@
+"""PriorCLIP performance suite: encoding throughput against the strongest alternative, FLOPs,
+inference speed-ups, torch.compile and ONNX Runtime.
+
+    .venv/bin/python benchmarks/run.py            # throughput: batch 32, median of 5 runs
+    .venv/bin/python benchmarks/run.py --quick    # throughput: batch 8, median of 3 runs
+    .venv/bin/python benchmarks/run.py --only throughput onnx
+
+Speed-ups, torch.compile and ONNX Runtime use --aux-batch 8 and --aux-runs 3 in both modes.
+    .venv/bin/python benchmarks/run.py --device cuda --out /tmp/results.json
+
+Every figure is a median of several timed runs after one warm-up run. Every figure is also a ratio
+against an alternative timed in the same process, with the runs of the compared models
+interleaved (A, B, C, A, B, C, ...), so a load change on a shared machine hits all of them alike.
+All models have random weights (nothing is downloaded) and every compared model gets the same
+input tensors. FLOPs are counted, not estimated, with torch.utils.flop_counter.FlopCounterMode at
+batch 1 (attention through the math kernel and nn.MultiheadAttention's fused fast path off, so
+that every matmul is seen).
+
+Writes --out (JSON: the machine, versions, every figure) and the sections "## Encoding throughput
+and FLOPs" and "## Export" of benchmarks/RESULTS.md (other sections of that file are left alone).
+docs/PERFORMANCE.md explains each figure.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import copy
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPTIONS = [
+    "many buildings and some green trees are around a playground",
+    "an airport with several planes parked next to the terminal",
+    "a river crosses the farmland with a bridge over it",
+    "a dense residential area with red roofs",
+    "two baseball fields surrounded by trees",
+    "a harbor with many boats docked at the piers",
+    "a highway passes through the desert",
+    "a large parking lot full of cars beside a stadium",
+]
+SLOW_FACTOR = 4  # an inference option this many times slower than the baseline is timed once
+TARGET_EFFICIENCY = 0.9  # open-domain image throughput ratio must reach 0.9 x its FLOP-bound ratio
+
+
+# ---- measuring ----------------------------------------------------------------------------------
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict, runs: int, device: str = "cpu", warmup: int = 1) -> dict:
+    """Median seconds per call of each fn, warm-up first, then timed runs round-robin."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(t), "runs_s": [round(x, 4) for x in t]} for name, t in times.items()}
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one call, counted by FlopCounterMode (grad enabled: the MHA fast path stays off)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    return int(counter.get_total_flops())
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    flags = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    import open_clip
+
+    info = {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma"}),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "load_average_start": list(os.getloadavg()),
+    }
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+# ---- models -------------------------------------------------------------------------------------
+
+def build(name: str, device: str):
+    """A named PriorCLIP model or an open_clip architecture, random weights, eval mode."""
+    if name.startswith("priorclip"):
+        import priorclip.models as pm
+
+        model = pm.create_model(name)
+    else:
+        import open_clip
+
+        with warnings.catch_warnings(), _quiet_logging():
+            warnings.simplefilter("ignore")
+            model = open_clip.create_model(name, pretrained=None)
+    return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def compare(models: dict, inputs: torch.Tensor, method: str, runs: int, device: str) -> dict:
+    """Throughput of `method` for each model on the same inputs, interleaved, under inference_mode."""
+    def caller(model):
+        fn = getattr(model, method)
+
+        def call():
+            with torch.inference_mode():
+                fn(inputs)
+        return call
+
+    timing = interleaved({name: caller(m) for name, m in models.items()}, runs, device)
+    return {name: {**t, "items_per_s": inputs.shape[0] / t["median_s"]} for name, t in timing.items()}
+
+
+def flops_of(models: dict, method: str, example: torch.Tensor) -> dict:
+    """FLOPs per item of `method` for each model (example: batch 1, on the models' device)."""
+    return {name: count_flops(lambda m=model: getattr(m, method)(example.to(next(m.parameters()).device)))
+            for name, model in models.items()}
+
+
+def ratios(subject: str, throughput: dict, flops: dict) -> dict:
+    """PriorCLIP / alternative throughput next to the FLOP-bound ratio FLOPs(alt) / FLOPs(PriorCLIP)."""
+    out = {}
+    for alt in throughput:
+        if alt == subject:
+            continue
+        measured = throughput[subject]["items_per_s"] / throughput[alt]["items_per_s"]
+        bound = flops[alt] / flops[subject]
+        out[alt] = {"throughput_ratio": measured, "flop_bound_ratio": bound, "efficiency": measured / bound}
+    strongest = max((a for a in throughput if a != subject), key=lambda a: throughput[a]["items_per_s"])
+    return {"vs": out, "strongest_alternative": strongest}
+
+
+def throughput_section(args, results: dict) -> None:
+    device, batch, runs = args.device, args.batch, args.runs
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, 224, 224, generator=gen)
+    one_image = images[:1].clone()
+    section = results.setdefault("throughput", {})
+
+    groups = [("open", "priorclip-open", ["ViT-B-32", "RN50"]),
+              ("closed", "priorclip-closed", ["priorclip-closed-baseline"])]
+    for domain, subject, alternatives in groups:
+        log(f"[throughput] building {subject} and {alternatives}")
+        models = {name: build(name, device) for name in [subject, *alternatives]}
+        texts = (CAPTIONS * (batch // len(CAPTIONS) + 1))[:batch]
+        tokens = models[subject].tokenize(texts)  # open: CLIP BPE (same as open_clip's); closed: WordPiece
+        for modality, method, inputs, example in [("image", "encode_image", images, one_image),
+                                                   ("text", "encode_text", tokens, tokens[:1])]:
+            log(f"[throughput] {domain} {modality}: counting FLOPs, then {runs} runs of batch {batch}")
+            flops = flops_of(models, method, example)
+            timing = compare(models, inputs.to(device), method, runs, device)
+            entry = {"subject": subject, "batch": batch, "runs": runs, "input_shape": list(inputs.shape),
+                     "flops_per_item": flops, "timing": timing, **ratios(subject, timing, flops)}
+            section[f"{domain}_{modality}"] = entry
+            log("  " + ", ".join(f"{n}: {t['items_per_s']:.1f}/s, {flops[n] / 1e9:.2f} GFLOP" for n, t in timing.items()))
+        if domain == "open":
+            model = models[subject]
+            stem = count_flops(lambda: model.visual._embeds(one_image))
+            prior = count_flops(lambda: model.instruction_token(one_image))
+            total = section["open_image"]["flops_per_item"][subject]
+            section["open_image"]["flop_shares"] = {"prior": prior / total, "vit_stem": stem / total}
+        del models
+        gc.collect()
+    vit = section["open_image"]["vs"]["ViT-B-32"]
+    section["target"] = {
+        "rule": f"priorclip-open image throughput ratio to ViT-B-32 >= {TARGET_EFFICIENCY} x FLOP-bound ratio",
+        "throughput_ratio": vit["throughput_ratio"], "flop_bound_ratio": vit["flop_bound_ratio"],
+        "needed": TARGET_EFFICIENCY * vit["flop_bound_ratio"], "met": vit["efficiency"] >= TARGET_EFFICIENCY,
+    }
+
+
+# ---- inference speed-ups ---------------------------------------------------------------------------
+
+def _prior_pipelined(model, images: torch.Tensor, pool) -> torch.Tensor:
+    """Two micro-batches: the prior of the second runs in a thread while the ViT encodes the first."""
+    half = images.shape[0] // 2
+    first, second = images[:half], images[half:]
+    instruction = model.instruction_token(first)
+    future = pool.submit(_in_inference_mode, model.instruction_token, second)
+    out_first = model.encode_image(first, instruction=instruction)
+    out_second = model.encode_image(second, instruction=future.result())
+    return torch.cat([out_first, out_second])
+
+
+def _in_inference_mode(fn, *args):
+    with torch.inference_mode():  # grad mode is thread-local: the worker thread needs its own
+        return fn(*args)
+
+
+def speedup_section(args, results: dict) -> None:
+    """Each inference option on priorclip-open encode_image, against inference_mode fp32 eager."""
+    device, batch, runs = args.device, args.aux_batch, args.aux_runs
+    log(f"[speed-ups] priorclip-open encode_image, batch {batch}, {runs} runs")
+    model = build("priorclip-open", device)
+    images = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.inference_mode():
+        reference = model.encode_image(images, normalize=True)
+    variants, notes, outputs = {}, {}, {}
+
+    def baseline():
+        with torch.inference_mode():
+            return model.encode_image(images, normalize=True)
+    variants["inference_mode (baseline)"] = baseline
+
+    def no_grad():
+        with torch.no_grad():
+            return model.encode_image(images, normalize=True)
+    variants["no_grad"] = no_grad
+
+    cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    cl_images = images.contiguous(memory_format=torch.channels_last)
+
+    def channels_last():
+        with torch.inference_mode():
+            return cl_model.encode_image(cl_images, normalize=True)
+    variants["channels_last"] = channels_last
+
+    dev_type = torch.device(device).type
+
+    def bf16():
+        with torch.inference_mode(), torch.autocast(dev_type, dtype=torch.bfloat16):
+            return model.encode_image(images, normalize=True).float()
+    variants["bf16 autocast"] = bf16
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    def pipelined():
+        with torch.inference_mode():
+            return torch.nn.functional.normalize(_prior_pipelined(model, images, pool), dim=-1)
+    variants["prior in a thread (2 micro-batches)"] = pipelined
+
+    first_call, once = {}, {}
+    for name, fn in list(variants.items()):
+        try:
+            start = time.perf_counter()
+            out = fn()
+            first_call[name] = time.perf_counter() - start
+        except Exception as exc:  # noqa: BLE001 - an unsupported option is a result, not a crash
+            notes[name] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+            del variants[name]
+            continue
+        outputs[name] = {"max_abs_diff_vs_fp32": float((out.float() - reference).abs().max()),
+                         "min_cosine_vs_fp32": float(torch.nn.functional.cosine_similarity(out.float(), reference).min())}
+        # An option many times slower than the baseline (bf16 without native bf16 units) is timed
+        # by this one call only: repeating it would cost minutes and change no conclusion.
+        if first_call[name] > SLOW_FACTOR * first_call["inference_mode (baseline)"]:
+            once[name] = {"median_s": first_call[name], "runs_s": [round(first_call[name], 4)], "timed_once": True}
+            del variants[name]
+    timing = {**interleaved(variants, runs, device), **once}
+    pool.shutdown()
+    base = timing["inference_mode (baseline)"]["median_s"]
+    entry = {"batch": batch, "runs": runs, "notes": notes, "variants": {}}
+    for name, t in timing.items():
+        entry["variants"][name] = {**t, "items_per_s": batch / t["median_s"], "speedup": base / t["median_s"],
+                                   **outputs[name]}
+        log(f"  {name}: {batch / t['median_s']:.1f}/s, x{base / t['median_s']:.2f}, "
+            f"max|diff| {outputs[name]['max_abs_diff_vs_fp32']:.1e}")
+    results["speedups"] = entry
+    del model, cl_model
+    gc.collect()
+
+
+# ---- torch.compile, in a child process so a slow or failing compile cannot stall the suite ------------
+
+def compile_child(batch: int, runs: int, device: str, out: str) -> None:
+    model = build("priorclip-open", device)
+    images = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(2)).to(device)
+    compiled = torch.compile(model.encode_image)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        got = compiled(images, normalize=True)
+        want = model.encode_image(images, normalize=True)
+    compile_s = time.perf_counter() - start
+
+    def eager():
+        with torch.inference_mode():
+            model.encode_image(images, normalize=True)
+
+    def comp():
+        with torch.inference_mode():
+            compiled(images, normalize=True)
+    timing = interleaved({"eager": eager, "compiled": comp}, runs, device)
+    Path(out).write_text(json.dumps({
+        "status": "ok", "compile_and_first_call_s": compile_s, "timing": timing,
+        "speedup": timing["eager"]["median_s"] / timing["compiled"]["median_s"],
+        "max_abs_diff": float((got - want).abs().max())}))
+
+
+def compile_section(args, results: dict) -> None:
+    log(f"[torch.compile] priorclip-open encode_image in a child process (limit {args.compile_timeout} s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "compile.json"
+        cmd = [sys.executable, __file__, "--_compile-child", str(out), "--device", args.device,
+               "--batch", str(args.aux_batch), "--runs", str(args.aux_runs)]
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.compile_timeout)
+            if proc.returncode == 0 and out.exists():
+                entry = json.loads(out.read_text())
+            else:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                entry = {"status": "failed", "error": " | ".join(tail)[-500:]}
+        except subprocess.TimeoutExpired:
+            entry = {"status": "timed out", "error": f"no result within {args.compile_timeout} s (compile included)"}
+        entry["wall_s"] = time.perf_counter() - start
+    results["torch_compile"] = {"batch": args.aux_batch, "runs": args.aux_runs, **entry}
+    if entry["status"] == "ok":
+        log(f"  compiled x{entry['speedup']:.2f} vs eager, compile+first call {entry['compile_and_first_call_s']:.0f} s")
+    else:
+        log(f"  {entry['status']}: {entry.get('error', '')}")
+
+
+# ---- ONNX Runtime ---------------------------------------------------------------------------------------
+
+def onnx_section(args, results: dict) -> None:
+    try:
+        import onnxruntime  # noqa: F401
+
+        from priorclip.export import export_onnx, onnx_session
+    except ImportError as exc:
+        results["onnx"] = {"status": "skipped", "error": f"{exc} (pip install onnx onnxruntime)"}
+        log(f"[onnx] skipped: {exc}")
+        return
+    batch, runs = args.aux_batch, args.aux_runs
+    entry = {"status": "ok", "batch": batch, "runs": runs, "threads": torch.get_num_threads(), "models": {}}
+    for name in ["priorclip-open", "priorclip-closed"]:
+        log(f"[onnx] exporting {name} (checked against PyTorch), then onnxruntime vs PyTorch CPU, batch {batch}")
+        model = build(name, "cpu")
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            exported = export_onnx(model, tmp)
+            export_s = time.perf_counter() - start
+            sizes = {"image": exported.image_path.stat().st_size, "text": exported.text_path.stat().st_size}
+            images = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+            tokens = model.tokenize((CAPTIONS * (batch // len(CAPTIONS) + 1))[:batch])
+            per_model = {"export_s": export_s, "exporter": exported.exporter,
+                         "check_max_abs_diff": exported.max_abs_diff, "file_bytes": sizes}
+            for modality, path, inputs, method, input_name in [
+                    ("image", exported.image_path, images, "encode_image", "images"),
+                    ("text", exported.text_path, tokens, "encode_text", "tokens")]:
+                session = onnx_session(path, threads=torch.get_num_threads())
+                feed = {input_name: inputs.numpy()}
+                fn = getattr(model, method)
+
+                def torch_call():
+                    with torch.inference_mode():
+                        fn(inputs, normalize=True)
+                timing = interleaved({"pytorch": torch_call, "onnxruntime": lambda: session.run(None, feed)}, runs)
+                per_model[modality] = {
+                    **{k: {**v, "items_per_s": batch / v["median_s"]} for k, v in timing.items()},
+                    "speedup": timing["pytorch"]["median_s"] / timing["onnxruntime"]["median_s"]}
+                log(f"  {name} {modality}: onnxruntime x{per_model[modality]['speedup']:.2f} vs PyTorch")
+                del session
+        entry["models"][name] = per_model
+        del model
+        gc.collect()
+    results["onnx"] = entry
+
+
+# ---- reporting ------------------------------------------------------------------------------------------
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _f(x: float, digits: int = 2) -> str:
+    return f"{x:.{digits}f}"
+
+
+def markdown_sections(results: dict) -> dict:
+    m = results["machine"]
+    machine = (f"Machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['torch_threads']} torch threads), "
+               f"torch {m['torch']}, open_clip {m['open_clip']}"
+               + (f", onnxruntime {m['onnxruntime']}" if "onnxruntime" in m else "")
+               + f"; device {results['settings']['device']}; load average {m['load_average_start'][0]:.2f} at start, "
+                 f"{m['load_average_end'][0]:.2f} at end; {results['settings']['mode']} run, {results['date']}.")
+    out = {}
+    lines = [machine, "",
+             "Random weights, same inputs for every model, `torch.inference_mode`, median of "
+             f"{results['settings']['runs']} interleaved runs after a warm-up, batch {results['settings']['batch']}. "
+             "Ratio = PriorCLIP items/s / alternative items/s; FLOP-bound = FLOPs(alternative) / FLOPs(PriorCLIP), "
+             "counted with FlopCounterMode at batch 1; efficiency = ratio / FLOP-bound.", "",
+             "| figure | model | items/s | GFLOP/item | ratio | FLOP-bound | efficiency |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    tp = results.get("throughput", {})
+    for key, entry in tp.items():
+        if key == "target":
+            continue
+        subject = entry["subject"]
+        for name, t in entry["timing"].items():
+            gf = entry["flops_per_item"][name] / 1e9
+            if name == subject:
+                lines.append(f"| {key.replace('_', ' ')} | **{name}** | {_f(t['items_per_s'], 1)} | {_f(gf)} | 1 | 1 | |")
+            else:
+                r = entry["vs"][name]
+                star = " (strongest)" if name == entry["strongest_alternative"] else ""
+                lines.append(f"| | {name}{star} | {_f(t['items_per_s'], 1)} | {_f(gf)} | {_f(r['throughput_ratio'])} "
+                             f"| {_f(r['flop_bound_ratio'])} | {_f(r['efficiency'])} |")
+    if "target" in tp:
+        t = tp["target"]
+        lines += ["", f"Target ({t['rule']}): ratio {_f(t['throughput_ratio'], 3)}, needed >= {_f(t['needed'], 3)}: "
+                      f"**{'met' if t['met'] else 'NOT met'}**."]
+        shares = tp["open_image"].get("flop_shares")
+        if shares:
+            lines.append(f"FLOP shares of priorclip-open encode_image: prior {shares['prior']:.1%}, "
+                         f"ViT stem {shares['vit_stem']:.2%}.")
+    sp = results.get("speedups")
+    if sp:
+        lines += ["", f"### Inference options (priorclip-open encode_image, batch {sp['batch']}, median of {sp['runs']})", "",
+                  "| option | items/s | speed-up | max abs diff vs fp32 | min cosine vs fp32 | kept |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for name, v in sp["variants"].items():
+            kept = "baseline" if name.startswith("inference_mode") else ("yes" if v["speedup"] >= 1.05 else "no")
+            if v.get("timed_once"):
+                kept += " (timed once: > 4x slower)"
+            lines.append(f"| {name} | {_f(v['items_per_s'], 1)} | {_f(v['speedup'])} | {v['max_abs_diff_vs_fp32']:.1e} "
+                         f"| {v['min_cosine_vs_fp32']:.5f} | {kept} |")
+        for name, note in sp.get("notes", {}).items():
+            lines.append(f"| {name} | | | | | {note} |")
+    tc = results.get("torch_compile")
+    if tc:
+        if tc["status"] == "ok":
+            lines += ["", f"torch.compile (inductor, child process): x{_f(tc['speedup'])} vs eager at batch {tc['batch']}; "
+                          f"compile + first call {tc['compile_and_first_call_s']:.0f} s; max abs diff {tc['max_abs_diff']:.1e}."]
+        else:
+            lines += ["", f"torch.compile: {tc['status']} ({tc.get('error', '')})."]
+    out["## Encoding throughput and FLOPs"] = "\n".join(lines)
+
+    ox = results.get("onnx")
+    if ox:
+        lines = [machine, ""]
+        if ox["status"] != "ok":
+            lines.append(f"ONNX Runtime: {ox['status']} ({ox.get('error', '')}).")
+        else:
+            lines += [f"`priorclip.export.export_onnx` (opset 17), checked against PyTorch on another batch size; then "
+                      f"onnxruntime CPU ({ox['threads']} intra-op threads) vs PyTorch `inference_mode`, batch {ox['batch']}, "
+                      f"median of {ox['runs']} interleaved runs.", "",
+                      "| model | encoder | exporter | export s | max abs diff | MB | PyTorch items/s | onnxruntime items/s | speed-up |",
+                      "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+            for name, pm_ in ox["models"].items():
+                for modality in ("image", "text"):
+                    v = pm_[modality]
+                    lines.append(f"| {name} | {modality} | {pm_['exporter'][modality]} | {pm_['export_s']:.0f} "
+                                 f"| {pm_['check_max_abs_diff'][modality]:.1e} | {pm_['file_bytes'][modality] / 2**20:.0f} "
+                                 f"| {_f(v['pytorch']['items_per_s'], 1)} | {_f(v['onnxruntime']['items_per_s'], 1)} "
+                                 f"| {_f(v['speedup'])} |")
+        out["## Export"] = "\n".join(lines)
+    return out
+
+
+def update_markdown(path: Path, sections: dict) -> None:
+    """Replace (or append) only our `## ...` sections; everything else in the file is kept as is."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by the scripts in benchmarks/.\n"
+    for heading, body in sections.items():
+        block = f"{heading}\n\n<!-- written by benchmarks/run.py; edits here are overwritten -->\n\n{body}\n"
+        start = text.find(heading + "\n")
+        if start < 0:
+            text = text.rstrip("\n") + "\n\n" + block
+            continue
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + block + (text[end:] if end >= 0 else "")
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="batch 8, 3 runs (default: batch 32, 5 runs)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"), help="JSON results file")
+    parser.add_argument("--markdown", default=str(ROOT / "benchmarks" / "RESULTS.md"),
+                        help="markdown file whose sections this script updates ('' to skip)")
+    parser.add_argument("--batch", type=int, help="override the batch size")
+    parser.add_argument("--runs", type=int, help="override the number of timed runs")
+    parser.add_argument("--aux-batch", type=int, default=8,
+                        help="batch of the speed-up, torch.compile and ONNX figures (default 8)")
+    parser.add_argument("--aux-runs", type=int, default=3, help="timed runs of those figures (default 3)")
+    parser.add_argument("--only", nargs="+", choices=["throughput", "speedups", "compile", "onnx"],
+                        help="run only these parts (default: all)")
+    parser.add_argument("--compile-timeout", type=int, help="seconds for the torch.compile child (default 300; quick 150)")
+    parser.add_argument("--_compile-child", dest="compile_child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.batch = args.batch or (8 if args.quick else 32)
+    args.runs = args.runs or (3 if args.quick else 5)
+    args.compile_timeout = args.compile_timeout or (150 if args.quick else 300)
+    if args.compile_child:
+        compile_child(args.batch, args.runs, args.device, args.compile_child)
+        return 0
+
+    started = time.perf_counter()
+    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_info(),
+               "settings": {"mode": "quick" if args.quick else "default", "device": args.device,
+                            "batch": args.batch, "runs": args.runs, "aux_batch": args.aux_batch,
+                            "aux_runs": args.aux_runs}}
+    parts = args.only or ["throughput", "speedups", "compile", "onnx"]
+    if "throughput" in parts:
+        throughput_section(args, results)
+    if "speedups" in parts:
+        speedup_section(args, results)
+    if "compile" in parts:
+        compile_section(args, results)
+    if "onnx" in parts:
+        onnx_section(args, results)
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    results["total_s"] = time.perf_counter() - started
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {out} ({results['total_s']:.0f} s)")
+    if args.markdown:
+        update_markdown(Path(args.markdown), markdown_sections(results))
+        log(f"updated {args.markdown}")
+    target = results.get("throughput", {}).get("target")
+    if target:
+        log(f"target {'met' if target['met'] else 'NOT met'}: ratio {target['throughput_ratio']:.3f} "
+            f"(needed >= {target['needed']:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -68,16 +68,29 @@ class WordPieceTokenizer:
 
 def train_wordpiece(captions: Iterable[str], vocab_size: int = 8000, min_frequency: int = 1,
                     context_length: int = 32) -> WordPieceTokenizer:
-    """Train a lower-cased WordPiece vocabulary on captions, offline. Includes every ASCII letter
-    and digit so unseen words still split into known pieces."""
-    from tokenizers import BertWordPieceTokenizer
+    """Build a lower-cased WordPiece vocabulary from captions, offline and deterministically.
 
-    trainer = BertWordPieceTokenizer(lowercase=True)
-    alphabet = list(string.ascii_lowercase + string.digits + string.punctuation)
-    trainer.train_from_iterator((str(c) for c in captions), vocab_size=vocab_size, min_frequency=min_frequency,
-                                special_tokens=SPECIAL_TOKENS, initial_alphabet=alphabet, show_progress=False)
-    vocab = sorted(trainer.get_vocab().items(), key=lambda kv: kv[1])
-    return WordPieceTokenizer([t for t, _ in vocab], context_length=context_length)
+    The vocabulary is the special tokens, every ASCII letter, digit and punctuation mark (alone and
+    as a ## continuation, so any word still splits into known pieces), then the most frequent
+    words (ties broken alphabetically) up to `vocab_size`. The `tokenizers` WordPiece trainer is
+    not used because its tie-breaking differs between processes, which would make two runs with
+    the same seed differ.
+    """
+    from collections import Counter
+
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    normalizer, pre = BertNormalizer(lowercase=True), BertPreTokenizer()
+    counts: Counter = Counter()
+    for caption in captions:
+        counts.update(word for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(str(caption))))
+    vocab = builtin_char_vocab()
+    vocab += ["##" + c for c in string.punctuation]
+    known = set(vocab)
+    words = sorted((w for w, n in counts.items() if n >= min_frequency and w not in known), key=lambda w: (-counts[w], w))
+    vocab += words[: max(0, vocab_size - len(vocab))]
+    return WordPieceTokenizer(vocab, context_length=context_length)
 
 
 class ClipTokenizer:

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from priorclip.cli.main import main
-from priorclip.models import create_model, export_open_clip_state_dict, load_checkpoint, save_checkpoint
+from priorclip.models import create_model, export_open_clip_state_dict, load_checkpoint
 
 
 def test_models_verb_lists_and_counts(capsys):

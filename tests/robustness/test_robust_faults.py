@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset
 
 import priorclip.models as pm

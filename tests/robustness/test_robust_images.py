@@ -8,7 +8,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from PIL import Image
 from torch.utils.data import DataLoader
 
 import inputs

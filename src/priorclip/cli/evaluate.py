@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 HELP = "retrieval recall (R@1/5/10, mR) of a model on a dataset split"
@@ -38,16 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model_arg(spec: str, device: str = "cpu"):
     """A checkpoint directory, else a registered model name (random weights, with a warning)."""
-    import priorclip.models as pm
-    from priorclip.errors import ConfigError
+    from priorclip.models import load_model
 
-    if Path(spec).is_dir():
-        return pm.load_checkpoint(spec, map_location=device)
-    if spec in pm.list_models():
-        print(f"warning: {spec!r} is a model name, not a checkpoint: evaluating RANDOM weights", file=sys.stderr)
-        return pm.create_model(spec).to(device)
-    raise ConfigError(f"--model {spec!r} is neither a checkpoint directory nor a registered model name "
-                      f"(see `priorclip models`)")
+    return load_model(spec, device, purpose="evaluating")
 
 
 def run(args) -> int:

@@ -49,17 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_model(spec: str, device: str):
-    """A checkpoint directory, else a registered model name (random weights, with a warning)."""
-    import priorclip.models as pm
-    from priorclip.errors import ConfigError
+    from priorclip.models import load_model
 
-    if Path(spec).is_dir():
-        return pm.load_checkpoint(spec, map_location=device).to(device)
-    if spec in pm.list_models():
-        print(f"warning: {spec!r} is a model name, not a checkpoint: classifying with RANDOM weights", file=sys.stderr)
-        return pm.create_model(spec).to(device)
-    raise ConfigError(f"--model {spec!r} is neither a checkpoint directory nor a registered model name "
-                      f"(see `priorclip models`)")
+    return load_model(spec, device, purpose="classifying with").to(device)
 
 
 def _karpathy_json(data: Path) -> bool:

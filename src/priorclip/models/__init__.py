@@ -7,7 +7,7 @@
 This package imports nothing from training, evaluation or search.
 """
 from .belief import belief_scores, hard_belief, rank_weights, soft_belief
-from .checkpoints import (export_open_clip_state_dict, load_checkpoint, load_official_checkpoint,
+from .checkpoints import (export_open_clip_state_dict, load_checkpoint, load_model, load_official_checkpoint,
                           read_state_dict, save_checkpoint)
 from .closed_domain import ClosedDualEncoder, ClosedPriorCLIP
 from .factory import add_model_config, build_model, create_model, get_model_config, list_models
@@ -20,6 +20,6 @@ __all__ = [
     "ClipTokenizer", "ClosedDualEncoder", "ClosedPriorCLIP", "OpenCLIPBaseline", "OpenPriorCLIP", "PriorCLIPLoss",
     "WordPieceTokenizer", "add_model_config", "closed_config_from_released", "open_config_from_released", "affiliation_loss", "belief_scores", "build_model", "contrastive_loss",
     "create_model", "export_open_clip_state_dict", "get_model_config", "hard_belief", "list_models",
-    "load_checkpoint", "load_official_checkpoint", "rank_weights", "read_state_dict", "save_checkpoint",
+    "load_checkpoint", "load_model", "load_official_checkpoint", "rank_weights", "read_state_dict", "save_checkpoint",
     "soft_belief", "train_wordpiece", "triplet_loss",
 ]

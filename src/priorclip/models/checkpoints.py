@@ -359,3 +359,23 @@ def export_open_clip_state_dict(model) -> dict:
     if not arch.startswith("open"):
         raise CheckpointError(f"only open-domain models export to open_clip state dicts (this is {arch})")
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def load_model(spec: str | Path, device: str = "cpu", purpose: str = "using"):
+    """What every `--model` argument accepts: a checkpoint directory, else a registered model name
+    (random weights: fine for trying the pipeline, useless for real retrieval, so it warns)."""
+    import sys
+
+    from .factory import create_model, list_models
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return load_checkpoint(path, map_location=device)
+    if str(spec) in list_models():
+        print(f"warning: {spec!r} is a model name, not a checkpoint: {purpose} RANDOM weights "
+              f"(pass a directory written by `priorclip train` or `priorclip convert`)", file=sys.stderr)
+        return create_model(str(spec)).to(device)
+    from ..errors import ConfigError
+
+    raise ConfigError(f"--model {spec!r} is neither a checkpoint directory nor a registered model name "
+                      f"(see `priorclip models`)")

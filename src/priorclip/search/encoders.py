@@ -122,38 +122,23 @@ class ModelEncoder:
 
 
 def load_encoder(spec: str, device: str = "cpu") -> Encoder:
-    """Resolve `spec` to an encoder: a registered name, a checkpoint directory (config.json +
-    weights, as written by `priorclip train`), or a model name from `priorclip models`
-    (random weights: useful for trying the pipeline, useless for real retrieval)."""
+    """Resolve `spec` to an encoder: a registered name, else whatever `priorclip.models.load_model`
+    accepts (a checkpoint directory written by `priorclip train`/`convert`, or a model name from
+    `priorclip models` with random weights, which it warns about)."""
     if spec in _REGISTRY:
         return _REGISTRY[spec]()
+    from priorclip.models import load_model
+
     path = Path(spec).expanduser()
     try:
-        import priorclip.models as pm
-    except ImportError as exc:  # pragma: no cover - models package is part of the project
-        raise ConfigError(f"--model {spec!r}: priorclip.models cannot be imported ({exc})") from exc
+        model = load_model(spec, purpose="indexing/searching with")
+    except (CheckpointError, ConfigError):
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"--model {spec}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
     if path.is_dir():
-        if not hasattr(pm, "load_checkpoint"):
-            raise CheckpointError(f"--model {spec}: this build has no priorclip.models.load_checkpoint")
-        try:
-            model = pm.load_checkpoint(str(path))
-        except Exception as exc:
-            if isinstance(exc, (CheckpointError, ConfigError)):
-                raise
-            raise CheckpointError(f"--model {path}: cannot load checkpoint ({exc})") from exc
-        resolved = str(path.resolve())
-        return ModelEncoder(model, checkpoint=resolved, checkpoint_hash=checkpoint_sha256(path), device=device)
-    names = list(pm.list_models()) if hasattr(pm, "list_models") else []
-    if spec in names:
-        import warnings
-
-        warnings.warn(f"model {spec!r} is created with random weights; pass a trained checkpoint "
-                      "directory to --model for meaningful search results", stacklevel=2)
-        return ModelEncoder(pm.create_model(spec), device=device)
-    raise ConfigError(
-        f"--model {spec!r} is neither a checkpoint directory nor a known model name "
-        f"(known: {', '.join(names) or 'none'}); pass the directory written by `priorclip train`"
-    )
+        return ModelEncoder(model, checkpoint=str(path.resolve()), checkpoint_hash=checkpoint_sha256(path), device=device)
+    return ModelEncoder(model, device=device)
 
 
 def encoder_for_index(model_info: dict, encoder: Encoder | None = None, device: str = "cpu") -> Encoder:

@@ -87,8 +87,10 @@ class _SeededSamples(Dataset):
     """Train items with augmentation randomness drawn from (seed, epoch, index): identical whatever
     the worker count, and reproducible when a resumed epoch skips its first batches."""
 
-    def __init__(self, dataset, seed: int, images_only: bool = False):
+    def __init__(self, dataset, seed: int, images_only: bool = False, one_caption: bool = False):
         self.dataset, self.seed, self.epoch, self.images_only = dataset, seed, 0, images_only
+        self.one_caption = one_caption  # images-mode dataset: draw one caption per image and epoch
+        self._image_to_text = dataset.image_to_text if one_caption else None
 
     def __len__(self):
         return len(self.dataset)
@@ -98,6 +100,9 @@ class _SeededSamples(Dataset):
         torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index))
         try:
             s = self.dataset[index]
+            if self.one_caption:
+                j = int(torch.randint(len(s["captions"]), ()))
+                s = {**s, "caption": s["captions"][j], "caption_id": self._image_to_text[s["image_id"]][j]}
         finally:
             torch.set_rng_state(state)
         if self.images_only:
@@ -124,12 +129,12 @@ def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int, info: Di
     return [idx[i:i + batch_size] for i in range(0, len(idx) - batch_size + 1, batch_size)]
 
 
-def _dataset(recipe: Recipe, split: str, transforms, mode: str):
+def _dataset(recipe: Recipe, split: str, transforms, mode: str, on_error: str | None = None):
     from priorclip.data.karpathy import KarpathyCaptions
 
     d = recipe.data
     return KarpathyCaptions(d.path, split=split, transforms=transforms, images_root=d.images_root,
-                            labels=d.labels, mode=mode)
+                            labels=d.labels, mode=mode, on_error=on_error)
 
 
 # ---- model / optimisation -------------------------------------------------------------------
@@ -368,7 +373,9 @@ class Trainer:
             if stage == "closed" and not (r.affiliation_weight and probe.classes) and hasattr(self.model, "temp2"):
                 self.model.temp2.requires_grad_(False)  # unused: keep DDP from waiting for its gradient
             tf = self.model.image_transform(train=r.data.augment)
-            self.train_ds = _dataset(r, r.data.train_split, tf, "pairs")
+            # training never stops on a bad image: it is reported and replaced by the next readable one
+            self.train_ds = _dataset(r, r.data.train_split, tf, "pairs" if r.data.captions == "all" else "images",
+                                     on_error="skip")
             self.use_labels = bool(r.affiliation_weight) and bool(self.train_ds.classes) and stage == "closed"
         self.model.to(self.device)
         self.val_ds = self._optional_split(r.data.val_split)
@@ -530,7 +537,8 @@ class Trainer:
         logger = _Logger(self.run_dir if self.main else None, r.tensorboard)
         logger.write({"event": "resume" if self.resume else "start", "step": self.step, "epoch": start_epoch,
                       "steps_per_epoch": steps_per_epoch, "total_steps": total_steps})
-        wrapped = _SeededSamples(self.train_ds, r.seed, images_only=r.stage == "prior")
+        wrapped = _SeededSamples(self.train_ds, r.seed, images_only=r.stage == "prior",
+                                 one_caption=r.stage != "prior" and r.data.captions == "one")
         autocast = dict(device_type=self.device.type, dtype=torch.bfloat16 if r.precision == "bf16" else torch.float16,
                         enabled=r.precision != "fp32")
         micro_per_epoch = steps_per_epoch * r.grad_accum

@@ -32,6 +32,8 @@ class DataSpec:
     val_split: str | None = "val"  # model selection; null: no selection (best = last)
     test_split: str | None = "test"  # reported at the end, never used for selection
     augment: bool = True  # the paper's training augmentation (RandomResizedCrop, flip, RandAugment)
+    captions: str = "all"  # "all": every (image, caption) pair each epoch (the released code); "one": each
+    #                        image once per epoch with one of its captions drawn from (seed, epoch, index)
 
 
 @dataclass
@@ -136,6 +138,8 @@ def validate(recipe: Recipe) -> Recipe:
 
     if recipe.stage not in STAGES:
         bad("stage", f"{recipe.stage!r} is not one of {', '.join(STAGES)}")
+    if recipe.data.captions not in ("all", "one"):
+        bad("data.captions", f"{recipe.data.captions!r} is not one of all, one")
     if recipe.schedule not in SCHEDULES:
         bad("schedule", f"{recipe.schedule!r} is not one of {', '.join(SCHEDULES)}")
     if recipe.precision not in PRECISIONS:

@@ -85,3 +85,19 @@ def test_user_config_can_be_added(tmp_path):
     (tmp_path / "my-clip.json").write_text(json.dumps(cfg))
     add_model_config(tmp_path / "my-clip.json")
     assert create_model("my-clip").embed_dim == 64
+
+
+def test_vit_alternative_vision_backbone():
+    """A timm ViT instead of Swin-T: the class token is the global token, patches follow."""
+    model = create_model("priorclip-closed-small", vision_cfg={"backbone": "vit_tiny_patch16_224", "image_size": 64,
+                                                               "backbone_kwargs": {"depth": 2}},
+                         pae_cfg={"filter_size": 10}).eval()
+    assert model.visual.width == 192 and model.visual.num_tokens(64) == 1 + 16
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens = model.visual(x)
+        features = model.visual.model.forward_features(x)
+        assert torch.equal(tokens[:, 0], features[:, 0])  # class token first
+        assert torch.equal(tokens[:, 1:], features[:, model.visual.num_prefix_tokens:])
+        emb = model.encode_image(x)
+    assert emb.shape == (2, model.embed_dim)

@@ -65,7 +65,9 @@ def merge_config(base: dict, overrides: dict, path: str = "") -> dict:
             close = difflib.get_close_matches(key, list(out), n=1)
             hint = f" (did you mean '{path}{close[0]}'?)" if close else f" (known: {sorted(out)})"
             raise ConfigError(f"unknown model config key {where!r}{hint}")
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if key in _FREE_FORM and isinstance(value, dict):
+            out[key] = copy.deepcopy(value)  # e.g. backbone kwargs belong to one backbone: replace, never merge
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge_config(out[key], value, where + ".")
         else:
             if key in out and out[key] is not None and value is not None and not isinstance(value, type(out[key])) \

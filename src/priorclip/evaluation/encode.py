@@ -98,8 +98,9 @@ def encode_dataset(model, dataset, batch_size: int = 64, device="cpu", workers: 
 
 
 def evaluate_model(model, dataset, batch_size: int = 64, device="cpu", workers: int = 0,
-                   ks: Sequence[int] = (1, 5, 10), positives: str = "index") -> dict:
-    """Encode `dataset` and return `recall_report` (every tie rule, tie statistics) plus counts."""
+                   ks: Sequence[int] = (1, 5, 10), positives: str = "index", return_scores: bool = False):
+    """Encode `dataset` and return `recall_report` (every tie rule, tie statistics) plus counts;
+    with `return_scores`, `(report, scores)` so per-query dumps reuse the images x texts matrix."""
     from priorclip.evaluation.metrics import recall_report, similarity_matrix
 
     image_features, text_features, text_to_image = encode_dataset(model, dataset, batch_size, device, workers)
@@ -107,4 +108,4 @@ def evaluate_model(model, dataset, batch_size: int = 64, device="cpu", workers: 
     report = recall_report(scores, text_to_image, captions=dataset.all_captions, ks=ks, positives=positives)
     report["model"] = getattr(model, "model_name", type(model).__name__)
     report["split"] = getattr(dataset, "split", None)
-    return report
+    return (report, scores) if return_scores else report

@@ -10,6 +10,14 @@ DistributedSampler re-seeded per epoch), and each sample's augmentation is drawn
 seeded by (seed, epoch, index), so skipping the first k batches of an epoch reproduces what an
 uninterrupted run sees; optimizer, scheduler, scaler and RNG states come from `train_state.pt`.
 Validation runs inside `torch.random.fork_rng`, so it never shifts the training RNG.
+
+Shards (`data.shards`): training reads a resampled webdataset stream instead; an epoch is
+`data.epoch_samples` samples and the stream is seeded from (seed, epoch, rank, worker, position at
+which the epoch (re)started), so a resume at an epoch boundary is exact and one mid-epoch continues
+with a fresh, statistically equivalent stream (see docs/TRAINING.md).
+
+Frozen open-domain prior with `data.augment: false`: the prior's output for an image is the same
+every epoch, so it is computed once per image (the first time the image is seen) and cached.
 """
 from __future__ import annotations
 
@@ -129,6 +137,77 @@ def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int, info: Di
     return [idx[i:i + batch_size] for i in range(0, len(idx) - batch_size + 1, batch_size)]
 
 
+def resolve_shards(spec: str | list[str]) -> list[str]:
+    """`data.shards` -> shard URLs: brace patterns (`{000000..000099}`), globs, `::`-joined or YAML lists.
+
+    Local paths must exist (a typo would otherwise only show up as warnings from the workers);
+    URLs (`pipe:`, `http://`, `s3://`, ...) are passed to webdataset unchecked.
+    """
+    import glob
+
+    from webdataset.shardlists import expand_urls
+
+    from priorclip.errors import DataError
+
+    urls: list[str] = []
+    for item in [spec] if isinstance(spec, str) else spec:
+        for url in expand_urls(item.strip()):
+            if "://" in url or url.startswith("pipe:"):
+                urls.append(url)
+            elif any(c in url for c in "*?["):
+                found = sorted(glob.glob(os.path.expanduser(url)))
+                if not found:
+                    raise DataError(f"recipe key 'data.shards': the glob {url!r} matches no file")
+                urls.extend(found)
+            else:
+                path = os.path.expanduser(url)
+                if not os.path.isfile(path):
+                    raise DataError(f"recipe key 'data.shards': shard {path} does not exist (check the pattern "
+                                    f"{item!r})")
+                urls.append(path)
+    if not urls:
+        raise DataError(f"recipe key 'data.shards': {spec!r} names no shard")
+    return urls
+
+
+def _mix_seed(*parts: int) -> int:
+    """One 63-bit seed from several integers (seed, epoch, rank, position)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h * 1_000_003 + int(p) + 0x632BE59BD9B4E019) % (1 << 63)
+    return h
+
+
+class _PriorCache:
+    """The frozen prior's output per image id (row), filled the first time an image is seen.
+
+    Valid only while the image tensor of an id never changes (no augmentation) and the prior is
+    frozen in eval mode (BatchNorm on running statistics): then each row is a function of the image
+    alone, and reading it equals recomputing it.
+    """
+
+    def __init__(self, n_images: int, device: torch.device):
+        self.n, self.device = n_images, device
+        self.store: torch.Tensor | None = None
+        self.filled = torch.zeros(n_images, dtype=torch.bool, device=device)
+
+    def features(self, model: nn.Module, images: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+        ids = image_ids.to(self.device)
+        rows = (~self.filled[ids]).nonzero().squeeze(1)
+        if len(rows):
+            # an image may occur twice in a batch (two of its captions): run the prior once per id
+            uniq, inv = torch.unique(ids[rows], return_inverse=True)
+            first = torch.full((len(uniq),), len(rows), device=self.device).scatter_reduce_(
+                0, inv, torch.arange(len(rows), device=self.device), "amin")
+            with torch.no_grad():
+                new = model.res_visual(images[rows[first]]).float()
+            if self.store is None:
+                self.store = torch.zeros(self.n, new.shape[1], dtype=torch.float32, device=self.device)
+            self.store[uniq] = new
+            self.filled[uniq] = True
+        return self.store[ids]
+
+
 def _dataset(recipe: Recipe, split: str, transforms, mode: str, on_error: str | None = None):
     from priorclip.data.karpathy import KarpathyCaptions
 
@@ -147,11 +226,14 @@ class _Forward(nn.Module):
         super().__init__()
         self.model, self.stage = model, stage
 
-    def forward(self, images, tokens=None, text_features=None):
+    def forward(self, images, tokens=None, text_features=None, prior_features=None):
         if self.stage == "prior":
             return self.model(images)
         m = self.model
-        img = m.encode_image(images, normalize=True)
+        if prior_features is not None:  # cached res_visual output; the projection may still train
+            img = m.encode_image(images, normalize=True, instruction=m.vision_proj_res(prior_features))
+        else:
+            img = m.encode_image(images, normalize=True)
         if text_features is None:
             text_features = m.encode_text(tokens, normalize=True)
         if self.stage == "closed":
@@ -340,7 +422,8 @@ class Trainer:
             self.classes = classes
             self.model = ck.PriorClassifier(prior_cfg, len(classes))
         else:
-            probe = _dataset(r, r.data.train_split, None, "pairs")
+            self.shard_urls = resolve_shards(r.data.shards) if r.data.shards is not None else None
+            probe = _dataset(r, r.data.train_split, None, "pairs") if self.shard_urls is None else None
             if stage == "finetune":
                 self.model = pm.load_checkpoint(r.init_checkpoint)
             else:
@@ -370,13 +453,18 @@ class Trainer:
                         p.requires_grad_(False)
             self.text_frozen = not any(p.requires_grad for n, p in self.model.named_parameters()
                                        if n.startswith(_TEXT_PREFIXES[arch]))
-            if stage == "closed" and not (r.affiliation_weight and probe.classes) and hasattr(self.model, "temp2"):
+            classes = probe.classes if probe is not None else []
+            if stage == "closed" and not (r.affiliation_weight and classes) and hasattr(self.model, "temp2"):
                 self.model.temp2.requires_grad_(False)  # unused: keep DDP from waiting for its gradient
-            tf = self.model.image_transform(train=r.data.augment)
-            # training never stops on a bad image: it is reported and replaced by the next readable one
-            self.train_ds = _dataset(r, r.data.train_split, tf, "pairs" if r.data.captions == "all" else "images",
-                                     on_error="skip")
-            self.use_labels = bool(r.affiliation_weight) and bool(self.train_ds.classes) and stage == "closed"
+            self.train_tf = self.model.image_transform(train=r.data.augment)
+            if self.shard_urls is not None:
+                self.train_ds = None  # a stream (see _shard_loader); shards carry no scene labels
+                self.use_labels = False
+            else:
+                # training never stops on a bad image: it is reported and replaced by the next readable one
+                self.train_ds = _dataset(r, r.data.train_split, self.train_tf,
+                                         "pairs" if r.data.captions == "all" else "images", on_error="skip")
+                self.use_labels = bool(r.affiliation_weight) and bool(self.train_ds.classes) and stage == "closed"
         self.model.to(self.device)
         self.val_ds = self._optional_split(r.data.val_split)
         self.test_ds = self._optional_split(r.data.test_split)
@@ -384,7 +472,7 @@ class Trainer:
     def _optional_split(self, split):
         from priorclip.errors import DataError
 
-        if not split:
+        if not split or self.recipe.data.path is None:
             return None
         try:
             return _dataset(self.recipe, split, None, "images")
@@ -473,7 +561,7 @@ class Trainer:
 
     def _text_cache(self) -> torch.Tensor | None:
         """Frozen text tower: embed every distinct training caption once (row = caption_id)."""
-        if self.recipe.stage in ("prior", "closed") or not self.text_frozen:
+        if self.recipe.stage in ("prior", "closed") or not self.text_frozen or self.train_ds is None:
             return None
         from priorclip.evaluation.encode import encode_texts
 
@@ -484,7 +572,54 @@ class Trainer:
         self.model.train(was)
         return cache.clone()
 
-    def _loss(self, fwd, batch, text_cache, loss_fn):
+    def _prior_cache(self, logger) -> _PriorCache | None:
+        """A `_PriorCache` when the open-domain prior is frozen and the images never change, else None
+        (with one log line saying why when only the augmentation or the shards prevent it)."""
+        r, m = self.recipe, self.model
+        if r.stage == "prior" or not r.cache_prior or not hasattr(m, "instruction_token"):
+            return None
+        if not hasattr(m, "res_visual") or not hasattr(m, "vision_proj_res"):
+            return None
+        if not getattr(m, "prior_frozen", False) or any(p.requires_grad for p in m.res_visual.parameters()):
+            return None  # a trained prior: its output changes every step
+        why = ("data.augment is true: each epoch sees a new crop of an image, so the frozen prior runs on every batch"
+               if r.data.augment else
+               "data.shards: a resampled stream has no image ids, so the frozen prior runs on every batch"
+               if self.train_ds is None else None)
+        if why:
+            if self.main:
+                log.info("prior cache off: %s", why)
+            logger.write({"event": "note", "step": self.step, "prior_cache": False, "message": why})
+            return None
+        n_images = self.train_ds.num_images
+        logger.write({"event": "note", "step": self.step, "prior_cache": True,
+                      "message": f"frozen prior cached once per image ({n_images} images, data.augment false)"})
+        return _PriorCache(n_images, self.device)
+
+    def _shard_loader(self, epoch: int, start_micro: int, n_batches: int):
+        """This rank's `n_batches` micro-batches of epoch `epoch` from the resampled shard stream.
+
+        Shards are drawn with replacement per (rank, worker) by webdataset's ResampledShards, whose
+        seed mixes rank and worker with ours; ours mixes (seed, epoch, start_micro), so the stream of
+        an epoch started at its beginning is a function of (seed, epoch, rank, workers) only.
+        """
+        from itertools import islice
+
+        from priorclip.data.shards import make_shard_pipeline
+
+        r = self.recipe
+        seed = _mix_seed(r.seed, epoch, start_micro)
+        pipe = make_shard_pipeline(self.shard_urls, transforms=self.train_tf, tokenize=None, batch_size=r.batch_size,
+                                   resampled=True, seed=seed % (1 << 31), shuffle_buffer=r.data.shuffle_buffer,
+                                   rank=self.info.rank, world_size=self.info.world_size)
+        # with_epoch counts per worker: each yields its share, the loader interleaves them
+        pipe = pipe.with_epoch(max(1, math.ceil(n_batches / max(1, r.workers))))
+        loader = DataLoader(pipe, batch_size=None, num_workers=r.workers, pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(_mix_seed(seed, self.info.rank) % (1 << 63)))
+        for images, captions in islice(loader, n_batches):
+            yield images, list(captions), None, None, None
+
+    def _loss(self, fwd, batch, text_cache, loss_fn, prior_cache=None):
         r = self.recipe
         if r.stage == "prior":
             images, labels = batch
@@ -493,13 +628,15 @@ class Trainer:
             return {"total": loss, "ce": loss}
         images, captions, image_ids, caption_ids, labels = batch
         images = images.to(self.device, non_blocking=True)
+        prior = prior_cache.features(self.model, images, image_ids) if prior_cache is not None else None
         if text_cache is not None:
-            img, txt, t1, t2 = fwd(images, text_features=text_cache[caption_ids.to(text_cache.device)].to(self.device))
+            img, txt, t1, t2 = fwd(images, text_features=text_cache[caption_ids.to(text_cache.device)].to(self.device),
+                                   prior_features=prior)
         else:
             tokens = self.model.tokenize(captions).to(self.device, non_blocking=True)
-            img, txt, t1, t2 = fwd(images, tokens)
+            img, txt, t1, t2 = fwd(images, tokens, prior_features=prior)
         return loss_fn(img.float(), txt.float(), t1.float(), None if t2 is None else t2.float(),
-                       image_ids=image_ids.to(self.device),
+                       image_ids=None if image_ids is None else image_ids.to(self.device),
                        scene_labels=labels.to(self.device) if getattr(self, "use_labels", False) else None)
 
     def fit(self) -> dict:
@@ -508,10 +645,14 @@ class Trainer:
 
         r, info = self.recipe, self.info
         self.build()
-        batches0 = epoch_batches(len(self.train_ds), r.batch_size, r.seed, 0, info)
-        steps_per_epoch = len(batches0) // r.grad_accum
+        if self.train_ds is None:  # shards: an epoch is data.epoch_samples samples over all processes
+            n_items, what = r.data.epoch_samples, "data.epoch_samples"
+            steps_per_epoch = r.data.epoch_samples // (r.batch_size * info.world_size) // r.grad_accum
+        else:
+            n_items, what = len(self.train_ds), "training items"
+            steps_per_epoch = len(epoch_batches(len(self.train_ds), r.batch_size, r.seed, 0, info)) // r.grad_accum
         if steps_per_epoch == 0:
-            raise ConfigError(f"data: {len(self.train_ds)} training items over {info.world_size} process(es) are "
+            raise ConfigError(f"data: {n_items} {what} over {info.world_size} process(es) are "
                               f"fewer than batch_size x grad_accum = {r.batch_size * r.grad_accum}; lower batch_size")
         total_steps = steps_per_epoch * r.epochs
         self.opt = torch.optim.AdamW(param_groups(self.model, r.weight_decay), lr=r.lr, betas=tuple(r.betas), eps=r.eps)
@@ -529,6 +670,8 @@ class Trainer:
             start_epoch, start_micro = state["epoch"], state["micro"]
             _set_rng_state(state["rng"])
         text_cache = self._text_cache()
+        if self.train_ds is None and self.text_frozen and r.stage != "closed" and self.main:
+            log.info("data.shards: captions are not a fixed set, so the frozen text tower runs on every batch")
         loss_fn = pm.PriorCLIPLoss(affiliation_weight=r.affiliation_weight if r.stage == "closed" else 0.0)
         fwd = _Forward(self.model, r.stage)
         if info.enabled:
@@ -536,21 +679,27 @@ class Trainer:
             fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=ids, find_unused_parameters=True)
         logger = _Logger(self.run_dir if self.main else None, r.tensorboard)
         logger.write({"event": "resume" if self.resume else "start", "step": self.step, "epoch": start_epoch,
-                      "steps_per_epoch": steps_per_epoch, "total_steps": total_steps})
-        wrapped = _SeededSamples(self.train_ds, r.seed, images_only=r.stage == "prior",
-                                 one_caption=r.stage != "prior" and r.data.captions == "one")
+                      "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                      "data": "shards" if self.train_ds is None else "dataset"})
+        prior_cache = self._prior_cache(logger)
+        wrapped = None if self.train_ds is None else _SeededSamples(
+            self.train_ds, r.seed, images_only=r.stage == "prior", one_caption=r.stage != "prior" and r.data.captions == "one")
         autocast = dict(device_type=self.device.type, dtype=torch.bfloat16 if r.precision == "bf16" else torch.float16,
                         enabled=r.precision != "fp32")
         micro_per_epoch = steps_per_epoch * r.grad_accum
         last_saved = self.step if self.resume else -1
         self.model.train()
         for epoch in range(start_epoch, r.epochs):
-            wrapped.epoch = epoch
-            batches = epoch_batches(len(self.train_ds), r.batch_size, r.seed, epoch, info)[:micro_per_epoch]
+            self.epoch = epoch
             skip = start_micro if epoch == start_epoch else 0
-            loader = DataLoader(wrapped, batch_sampler=batches[skip:], num_workers=r.workers, collate_fn=_collate,
-                                pin_memory=self.device.type == "cuda",
-                                generator=torch.Generator().manual_seed(r.seed + epoch))
+            if wrapped is None:
+                loader = self._shard_loader(epoch, skip, micro_per_epoch - skip)
+            else:
+                wrapped.epoch = epoch
+                batches = epoch_batches(len(self.train_ds), r.batch_size, r.seed, epoch, info)[:micro_per_epoch]
+                loader = DataLoader(wrapped, batch_sampler=batches[skip:], num_workers=r.workers, collate_fn=_collate,
+                                    pin_memory=self.device.type == "cuda",
+                                    generator=torch.Generator().manual_seed(r.seed + epoch))
             epoch_losses: list[float] = []
             bar = tqdm(total=steps_per_epoch, initial=skip // r.grad_accum, desc=f"epoch {epoch + 1}/{r.epochs}",
                        disable=not self.main, dynamic_ncols=True, mininterval=1.0)
@@ -560,7 +709,7 @@ class Trainer:
                 sync = fwd.no_sync() if info.enabled and not boundary else contextlib.nullcontext()
                 with sync:
                     with torch.autocast(**autocast):
-                        losses = self._loss(fwd, batch, text_cache, loss_fn)
+                        losses = self._loss(fwd, batch, text_cache, loss_fn, prior_cache)
                     self.scaler.scale(losses["total"] / r.grad_accum).backward()
                 for k, v in losses.items():
                     acc[k] = acc.get(k, 0.0) + float(v.detach()) / r.grad_accum

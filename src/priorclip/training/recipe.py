@@ -34,6 +34,10 @@ class DataSpec:
     augment: bool = True  # the paper's training augmentation (RandomResizedCrop, flip, RandAugment)
     captions: str = "all"  # "all": every (image, caption) pair each epoch (the released code); "one": each
     #                        image once per epoch with one of its captions drawn from (seed, epoch, index)
+    shards: str | list | None = None  # webdataset tar shards for training (brace pattern, glob, '::' or a list);
+    #                                   data.path then only serves val_split / test_split
+    epoch_samples: int | None = None  # with shards: samples per epoch over all processes (the stream is resampled)
+    shuffle_buffer: int = 1000  # with shards: samples in each worker's shuffle buffer
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Recipe:
     prior_checkpoint: str | None = None  # closed: a `prior` stage run (or its checkpoint dir) to load and freeze
     init_checkpoint: str | None = None  # finetune (or any stage): model checkpoint dir to start from
     train_all: bool = False  # finetune: also train the prior and the text tower
+    cache_prior: bool = True  # frozen open-domain prior + data.augment false: run the prior once per image
     epochs: int = 10
     batch_size: int = 32  # per process
     lr: float = 1e-4
@@ -158,8 +163,24 @@ def validate(recipe: Recipe) -> Recipe:
         bad("grad_clip", f"must be > 0 or null, got {recipe.grad_clip}")
     if not 0 <= recipe.min_lr_ratio <= 1:
         bad("min_lr_ratio", f"must be in [0, 1], got {recipe.min_lr_ratio}")
-    if recipe.data.path is None:
-        bad("data.path", "is required: a Karpathy dataset JSON or the folder holding it")
+    d = recipe.data
+    if d.shards is not None:
+        items = [d.shards] if isinstance(d.shards, str) else d.shards
+        if not isinstance(items, list) or not items or not all(isinstance(u, str) and u.strip() for u in items):
+            bad("data.shards", f"expects a shard pattern (e.g. /data/rs5m/{{000000..000099}}.tar), a glob or a "
+                               f"non-empty list of paths, got {d.shards!r}")
+        if d.epoch_samples is None or d.epoch_samples < 1:
+            bad("data.epoch_samples", "is required with data.shards: the resampled stream has no end, so say how "
+                                      f"many samples (over all processes) make an epoch; got {d.epoch_samples!r}")
+        if recipe.stage == "prior":
+            bad("data.shards", "the prior stage needs scene labels, which shards do not carry; use data.path")
+        if recipe.stage == "closed" and recipe.vocab is None:
+            bad("vocab", "a closed stage reading data.shards cannot train a vocabulary from them; set vocab to a "
+                         "vocab.txt")
+    elif d.path is None:
+        bad("data.path", "is required (or data.shards for training): a Karpathy dataset JSON or the folder holding it")
+    if d.shuffle_buffer < 0:
+        bad("data.shuffle_buffer", f"must be >= 0, got {d.shuffle_buffer}")
     if recipe.stage == "prior" and recipe.data.labels.strip().lower() in ("", "none"):
         bad("data.labels", "the prior stage trains a scene classifier and needs labels ('prefix' or 'csv:PATH')")
     if recipe.stage == "finetune" and recipe.init_checkpoint is None:

@@ -62,6 +62,17 @@ ON_ERROR = ("skip", "none", "raise")
 _MAX_LISTED = 20
 
 
+def read_utf8(path: Path) -> str:
+    """A caption file's text; non-UTF-8 bytes are a DataError naming the line (BOM tolerated)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text (byte {raw[exc.start]:#04x}); "
+                        "re-save the file as UTF-8") from None
+
+
 def _list_missing(what: str, missing: Sequence[str], hint: str = "") -> DatasetNotFoundError:
     """One-line error naming the missing files (all of them up to 20; the full list is `.missing`)."""
     shown = ", ".join(str(m) for m in missing[:_MAX_LISTED])

@@ -14,7 +14,7 @@ import csv
 import io
 from pathlib import Path
 
-from priorclip.data.base import CaptionDataset
+from priorclip.data.base import CaptionDataset, read_utf8
 from priorclip.errors import DataError
 
 
@@ -34,13 +34,7 @@ class CsvCaptions(CaptionDataset):
     def _load_records(self):
         path = self.csv_file
         groups: dict[str, list[str]] = {}
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
-            raise DataError(f"{path}: line {line} is not UTF-8 text (byte {raw[exc.start]:#04x}); "
-                            "re-save the file as UTF-8") from None
+        text = read_utf8(path)
         with io.StringIO(text, newline="") as f:
             reader = csv.DictReader(f, delimiter=self.sep)
             cols = reader.fieldnames or []

@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from priorclip.data.base import CaptionDataset
+from priorclip.data.base import CaptionDataset, read_utf8
 from priorclip.errors import DataError
 
 SPLITS = ("train", "val", "test", "all")
@@ -53,13 +53,7 @@ class KarpathyCaptions(CaptionDataset):
 
     def _load_records(self):
         path = self.annotation_file
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
-            raise DataError(f"{path}: line {line} is not UTF-8 text (byte {raw[exc.start]:#04x}); "
-                            "re-save the file as UTF-8") from None
+        text = read_utf8(path)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

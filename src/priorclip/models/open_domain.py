@@ -23,6 +23,7 @@ from ..errors import ConfigError
 from .api import RetrievalModelAPI
 from .belief import SOFT_WEIGHTINGS, belief_scores, soft_belief
 from .tokenizers import ClipTokenizer
+from .towers import freeze
 
 # Keys of our vision_cfg that open_clip's CLIPVisionCfg does not know.
 PRIOR_KEYS = ("prior_layers", "prior_width", "prior_heads", "soft_weighting", "prior_frozen")
@@ -90,10 +91,7 @@ class OpenPriorCLIP(OpenCLIPBaseline):
     def set_prior_frozen(self, frozen: bool = True) -> None:
         """Freeze the ModifiedResNet prior (kept in eval mode so BatchNorm statistics stay fixed)."""
         self.prior_frozen = frozen
-        for p in self.res_visual.parameters():
-            p.requires_grad_(not frozen)
-        if frozen:
-            self.res_visual.eval()
+        freeze(self.res_visual, frozen)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -13,6 +13,15 @@ import torch
 from torch import nn
 
 
+def freeze(module: nn.Module, frozen: bool = True) -> None:
+    """Stop (or restart) training a tower; a frozen tower is put in eval mode so BatchNorm
+    statistics stay fixed (callers keep it there in their own `train()`)."""
+    for p in module.parameters():
+        p.requires_grad_(not frozen)
+    if frozen:
+        module.eval()
+
+
 class VisionTokenTower(nn.Module):
     def __init__(self, backbone: str, image_size: int = 224, **backbone_kwargs):
         super().__init__()
@@ -54,10 +63,7 @@ class PriorTower(nn.Module):
 
     def set_frozen(self, frozen: bool = True) -> None:
         self.frozen = frozen
-        for p in self.model.parameters():
-            p.requires_grad_(not frozen)
-        if frozen:
-            self.model.eval()
+        freeze(self.model, frozen)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -7,34 +7,11 @@ default `$PRIORCLIP_SHARED_DIR/conformance`). Without them they skip with the re
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_dir() -> Path:
-    return Path(os.environ.get("PRIORCLIP_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
-
-
-def conformance_dir() -> Path:
-    return Path(os.environ.get("PRIORCLIP_CONFORMANCE_DIR", shared_dir() / "conformance"))
-
-
-def require_shared() -> bool:
-    return os.environ.get("PRIORCLIP_REQUIRE_SHARED", "") not in ("", "0", "false")
-
-
-def need_path(path: Path, what: str) -> Path:
-    """Return `path` if it exists; otherwise skip (or fail under PRIORCLIP_REQUIRE_SHARED=1)."""
-    if path.exists():
-        return path
-    msg = f"{what} not found at {path} (set PRIORCLIP_SHARED_DIR to the folder holding data/ and conformance/)"
-    if require_shared():
-        pytest.fail(msg + "; PRIORCLIP_REQUIRE_SHARED=1 turns this skip into a failure")
-    pytest.skip(msg)
+from shared_paths import need_path, shared_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")

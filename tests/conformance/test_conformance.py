@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from priorclip.models import (affiliation_loss, build_model, closed_config_from_released, contrastive_loss,
                               load_official_checkpoint, open_config_from_released, triplet_loss)
 
-from conftest import conformance_dir, require_shared
+from shared_paths import conformance_dir, require_shared
 
 ATOL = 1e-5
 

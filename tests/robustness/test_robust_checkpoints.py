@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 import priorclip.models as pm
-from conftest import assert_one_line_error
+from robustness_support import assert_one_line_error
 from priorclip.errors import CheckpointError
 from priorclip.models.checkpoints import load_weights_strict, read_state_dict
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import priorclip.models as pm
-from conftest import assert_one_line_error
+from robustness_support import assert_one_line_error
 from priorclip.errors import ConfigError
 
 BAD_OVERRIDES = [

@@ -23,7 +23,7 @@ from priorclip.search.index import build_index
 from priorclip.search.query import SearchIndex
 from priorclip.search.server import create_app
 
-from conftest import STUB, StubModel, make_geotiff
+from search_support import STUB, StubModel, make_geotiff
 
 CHROMIUM = Path(os.environ.get("PRIORCLIP_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -14,7 +14,7 @@ from priorclip.search.index import build_index
 from priorclip.search.query import SearchIndex, to_geojson
 from priorclip.search.sources import plan_file, read_item, tile_offsets
 
-from conftest import STUB, make_geotiff
+from search_support import STUB, make_geotiff
 
 
 def test_tile_offsets_cover_the_axis_with_full_tiles():

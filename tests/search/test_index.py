@@ -17,7 +17,7 @@ from priorclip.search.encoders import ModelEncoder
 from priorclip.search.index import build_index, merge_indexes, parse_shard
 from priorclip.search.query import SearchIndex
 
-from conftest import DIM, STUB, StubModel
+from search_support import DIM, STUB, StubModel
 
 pytestmark = pytest.mark.shared
 

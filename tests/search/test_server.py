@@ -18,7 +18,7 @@ from priorclip.search.server import STATIC_DIR, create_app
 
 from priorclip.search.encoders import ModelEncoder
 
-from conftest import STUB, StubModel, make_geotiff
+from search_support import STUB, StubModel, make_geotiff
 
 pytestmark = pytest.mark.shared
 

@@ -117,3 +117,14 @@ def test_needs_image_size(tmp_path):
         export_onnx(model, tmp_path)
     export_onnx(model, tmp_path, image_size=8, check=False)
     assert (tmp_path / "image_encoder.onnx").is_file()
+
+
+def test_convert_verb_exports_onnx(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
+    from priorclip.cli.main import main
+    from priorclip.models import create_model, save_checkpoint
+
+    save_checkpoint(create_model("priorclip-open-baseline-small"), tmp_path / "ckpt")
+    assert main(["convert", str(tmp_path / "ckpt"), "--onnx", "--out", str(tmp_path / "onnx")]) == 0
+    assert (tmp_path / "onnx" / "image_encoder.onnx").is_file() and (tmp_path / "onnx" / "text_encoder.onnx").is_file()
+    assert "max |onnx - torch|" in capsys.readouterr().out

@@ -16,6 +16,7 @@ examples:
   priorclip convert PriorCLIP_RET-3.pt --kind open --allow-pickle --out ckpt/priorclip-open
   priorclip convert pir_rsitmd.pth --kind closed --vocab bert-base-uncased/vocab.txt --allow-pickle --out ckpt/pir
   priorclip convert ckpt/priorclip-open --open-clip-state-dict --out priorclip-open.safetensors
+  priorclip convert ckpt/priorclip-open --onnx --out onnx/priorclip-open   # image_encoder.onnx + text_encoder.onnx
 """
 
 
@@ -27,6 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--allow-pickle", action="store_true", help="accept a pickled .pt/.pth (read weights-only)")
     parser.add_argument("--open-clip-state-dict", action="store_true",
                         help="export OUR open-domain checkpoint as a plain open_clip-style safetensors state dict")
+    parser.add_argument("--onnx", action="store_true",
+                        help="export OUR checkpoint's image and text encoders to ONNX (checked against PyTorch with onnxruntime)")
     parser.add_argument("--out", required=True, help="output checkpoint directory (or .safetensors file for the export)")
 
 
@@ -39,6 +42,13 @@ def run(args) -> int:
     from priorclip.models import (create_model, export_open_clip_state_dict, load_checkpoint,
                                   load_official_checkpoint, save_checkpoint)
 
+    if args.onnx:
+        from priorclip.export import export_onnx
+
+        result = export_onnx(load_checkpoint(args.checkpoint), args.out)
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in result.max_abs_diff.items())
+        print(f"wrote {result.image_path}, {result.text_path} and {result.config_path} (max |onnx - torch|: {diffs})")
+        return 0
     if args.open_clip_state_dict:
         model = load_checkpoint(args.checkpoint)
         state = {k: v.contiguous() for k, v in export_open_clip_state_dict(model).items()}

@@ -108,12 +108,15 @@ def create_app(index: SearchIndex | str | Path, *, max_upload_bytes: int = MAX_U
     def _results(query: dict, hits: list[dict]) -> dict:
         return {"query": query, "count": len(hits), "results": [_hit(h) for h in hits]}
 
-    def _text(q: str, k: int) -> dict:
+    def _searched(search, *args) -> list[dict]:
+        """Run one index search, library errors mapped to HTTP by `_fail`."""
         try:
-            hits = idx.search_text(q, k)
+            return search(*args)
         except Exception as exc:
             _fail(exc)
-        return _results({"text": q, "k": k}, hits)
+
+    def _text(q: str, k: int) -> dict:
+        return _results({"text": q, "k": k}, _searched(idx.search_text, q, k))
 
     # ---- API -------------------------------------------------------------------------------
     @app.get("/api/health", summary="Liveness and what is indexed")
@@ -133,11 +136,7 @@ def create_app(index: SearchIndex | str | Path, *, max_upload_bytes: int = MAX_U
 
     @app.get("/api/search.geojson", summary="Text search as a GeoJSON FeatureCollection (download)")
     def search_geojson(q: str = Query(min_length=1, max_length=max_query_chars), k: int = Query(10, ge=1, le=max_k)):
-        try:
-            hits = idx.search_text(q, k)
-        except Exception as exc:
-            _fail(exc)
-        fc = to_geojson([_hit(h) for h in hits], {"text": q, "k": k})
+        fc = to_geojson([_hit(h) for h in _searched(idx.search_text, q, k)], {"text": q, "k": k})
         return JSONResponse(fc, media_type="application/geo+json",
                             headers={"Content-Disposition": 'attachment; filename="priorclip-search.geojson"'})
 
@@ -178,10 +177,7 @@ def create_app(index: SearchIndex | str | Path, *, max_upload_bytes: int = MAX_U
             await form.close()
             if not data:
                 raise HTTPException(400, "uploaded file is empty")
-        try:
-            hits = await run_in_threadpool(idx.search_image, data, k)
-        except Exception as exc:
-            _fail(exc)
+        hits = await run_in_threadpool(_searched, idx.search_image, data, k)
         return _results({"image": True, "k": k}, hits)
 
     @app.get("/api/items/{item_id}", summary="One item's metadata")
@@ -193,11 +189,7 @@ def create_app(index: SearchIndex | str | Path, *, max_upload_bytes: int = MAX_U
 
     @app.get("/api/items/{item_id}/similar", summary="Items similar to a stored one")
     def similar(item_id: int = PathParam(ge=0, le=MAX_ID), k: int = Query(10, ge=1, le=max_k)):
-        try:
-            hits = idx.search_similar(item_id, k)
-        except Exception as exc:
-            _fail(exc)
-        return _results({"item": item_id, "k": k}, hits)
+        return _results({"item": item_id, "k": k}, _searched(idx.search_similar, item_id, k))
 
     @app.get("/api/items/{item_id}/thumbnail", summary="JPEG thumbnail of an item",
              responses={200: {"content": {"image/jpeg": {}}}})

@@ -14,7 +14,7 @@ from priorclip.cli.main import main
 from priorclip.errors import ConfigError, DataError
 from priorclip.search import ann
 from priorclip.search.encoders import ModelEncoder
-from priorclip.search.index import build_index, merge_indexes, parse_shard
+from priorclip.search.index import build_index, merge_indexes, parse_shard, rebuild_ann
 from priorclip.search.query import SearchIndex
 
 from search_support import DIM, STUB, StubModel
@@ -39,7 +39,7 @@ def test_index_folder_then_search_by_text_and_image(archive, tmp_path, stub_enco
     on_disk = json.loads((out / "index.json").read_text())
     assert on_disk["model"]["name"] == STUB and on_disk["embed_dim"] == DIM
     assert on_disk["model"]["spec"] == STUB and on_disk["priorclip_version"]
-    assert on_disk["faiss"]["type"] == "flat" and on_disk["roots"] == [str(archive.resolve())]
+    assert on_disk["faiss"]["type"] == "flat16" and on_disk["roots"] == [str(archive.resolve())]
 
     idx = SearchIndex(out)  # loads the encoder by the name recorded in index.json
     hits = idx.search_text("many planes parked near the terminal", k=7)
@@ -245,3 +245,42 @@ def test_cli_index_and_search(archive, tmp_path, stub_encoder, capsys):
     assert main(["index", str(archive), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("error:") == 3
+
+
+def test_flat16_scan_split_over_threads_equals_one_scan_and_float32():
+    """The default index: float16 codes scanned in per-thread slices give the same hits as one
+    scan of the same codes, ids mapped back, and near-exact recall against float32."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(7, 5007, dtype=np.int64)[::-1].copy()  # ids unrelated to positions
+    index, params = ann.build(x, ids, "flat16")
+    assert params["type"] == "flat16" and index.ntotal == 5000
+    split = ann.ParallelScan(index, 3)
+    q = x[rng.choice(5000, 50, replace=False)] + 0.01 * rng.normal(size=(50, 64)).astype(np.float32)
+    s1, i1 = index.search(q, 10)
+    s2, i2 = split.search(q, 10)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(s1, s2, rtol=0, atol=1e-6)
+    assert split.ntotal == 5000 and set(i2.ravel()) <= set(ids.tolist())
+    truth = ann.exact_topk(q, x, ids, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth.tolist(), i2.tolist())]) >= 0.98
+    top = x[5006 - i2[:, 0]]  # id -> row (ids were stored in reverse order)
+    assert np.abs(s2[:, 0] - np.einsum("qd,qd->q", q, top)).max() < 2e-3  # float16 rounding only
+    # what a loaded index uses: split only when large enough to pay
+    big, big_params = ann.build(np.repeat(x, 7, axis=0)[:ann.PARALLEL_SCAN_MIN], np.arange(ann.PARALLEL_SCAN_MIN), "flat16")
+    assert isinstance(ann.for_search(big, big_params, threads=2), ann.ParallelScan)
+    assert not isinstance(ann.for_search(big, big_params, threads=1), ann.ParallelScan)
+    assert not isinstance(ann.for_search(index, params, threads=2), ann.ParallelScan)
+
+
+def test_rebuild_ann_switches_type_without_reembedding(archive, tmp_path, stub_encoder):
+    out = tmp_path / "idx"
+    _build(archive, out, stub_encoder)
+    q = sorted(archive.rglob("*.jpg"))[3]
+    before = [h["id"] for h in SearchIndex(out, encoder=stub_encoder).search_image(q, k=5)]
+    info = rebuild_ann(out, "flat", log=lambda *_: None)
+    assert info["faiss"]["type"] == "flat" and json.loads((out / "index.json").read_text())["faiss"]["type"] == "flat"
+    idx = SearchIndex(out, encoder=stub_encoder)
+    assert [h["id"] for h in idx.search_image(q, k=5)] == before
+    assert idx.search_image(q, k=1)[0]["score"] == pytest.approx(1.0, abs=1e-6)  # float32: exact self-match

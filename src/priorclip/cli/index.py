@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+from priorclip.search import ann
+
 HELP = "embed every image under folders (GeoTIFF scenes cut into tiles) into a search index"
 DESCRIPTION = """\
 Embed every image under PATH... with a trained model and write a self-describing index directory
@@ -12,7 +14,8 @@ new or changed files and finishes a run that was interrupted.
 examples:
   priorclip index /data/archive --model runs/priorclip-small/best --out idx/
   priorclip index scenes/ --model CKPT --out idx/ --tile-size 256 --tile-stride 128
-  priorclip index /data/archive --model CKPT --out idx/ --index-type hnsw   # approximate search
+  priorclip index /data/archive --model CKPT --out idx/ --index-type flat   # float32, bit-exact scores
+  priorclip index /data/archive --model CKPT --out idx/ --index-type hnsw   # approximate, for millions
   # four machines, then one merge:
   priorclip index /data/archive --model CKPT --out parts/ --shard 0/4      # ... 1/4, 2/4, 3/4
   priorclip index --merge parts/part-* --out idx/
@@ -28,8 +31,8 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="decoding processes (default min(4, CPUs); 0 decodes in the main process)")
-    p.add_argument("--index-type", choices=["flat", "hnsw", "ivf"], default="flat",
-                   help="flat = exact (default); hnsw/ivf = approximate, recall@10 reported")
+    p.add_argument("--index-type", choices=list(ann.INDEX_TYPES), default=ann.DEFAULT_INDEX_TYPE,
+                   help=ann.INDEX_TYPE_HELP)
     p.add_argument("--shard", metavar="RANK/WORLD",
                    help="embed only this shard into OUT/part-RANK-of-WORLD (default from torchrun's RANK/WORLD_SIZE)")
     p.add_argument("--merge", nargs="+", metavar="PART_DIR", help="merge finished shard directories into --out")

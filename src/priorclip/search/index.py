@@ -75,7 +75,7 @@ def _identity(model: dict) -> dict:
 
 def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec: str | None = None,
                 tile_size: int = DEFAULT_TILE, tile_stride: int | None = None, batch_size: int = 64,
-                workers: int = 0, index_type: str = "flat", shard: tuple[int, int] | None = None,
+                workers: int = 0, index_type: str = ann.DEFAULT_INDEX_TYPE, shard: tuple[int, int] | None = None,
                 retry_failed: bool = False, progress: bool = True, log=print) -> dict:
     """Embed every image under `paths` into the index directory `out` (see module doc).
 
@@ -206,7 +206,7 @@ def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: st
     return info
 
 
-def merge_indexes(parts: list[str | Path], out: str | Path, *, index_type: str = "flat", log=print) -> dict:
+def merge_indexes(parts: list[str | Path], out: str | Path, *, index_type: str = ann.DEFAULT_INDEX_TYPE, log=print) -> dict:
     """Combine shard directories (same model and tiling) into one new index at `out`."""
     if not parts:
         raise ConfigError("--merge needs at least one part directory")

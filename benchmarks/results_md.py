@@ -1,0 +1,26 @@
+"""One writer for benchmarks/RESULTS.md: each script owns `## ...` sections and replaces only those.
+
+Written atomically (temp file + rename) so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+HEADER = "# Benchmark results\n\nWritten by the scripts in benchmarks/.\n"
+
+
+def write_sections(path: str | Path, sections: dict[str, str], writer: str) -> None:
+    """Replace (or append) the sections named by their `## heading` lines; keep everything else."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else HEADER
+    for heading, body in sections.items():
+        block = f"{heading}\n\n<!-- written by {writer}; edits here are overwritten -->\n\n{body.strip()}\n"
+        start = text.find(heading + "\n")
+        if start < 0:
+            text = text.rstrip("\n") + "\n\n" + block
+            continue
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + block + (text[end:] if end >= 0 else "")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -24,8 +24,8 @@ import io
 import json
 import os
 import platform
-import re
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -195,8 +195,6 @@ def table(res: dict) -> str:
 def markdown(res: dict) -> str:
     mem = res["rss_mb"]
     return "\n".join([
-        SECTION, "",
-        "<!-- written by benchmarks/load_test.py --markdown; edits here are overwritten -->", "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores visible, load average "
         f"{res['loadavg'][0]:.2f} at start, {res['loadavg'][1]:.2f} at end; {res['date']}.",
         f"Index: {res['index_items']} items ({res['index_desc']}), model `{res['model']}` (random weights), CPU. "
@@ -213,14 +211,6 @@ def markdown(res: dict) -> str:
         "second round's change is what repeated load adds.",
         "",
     ])
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace this script's section in RESULTS.md, or append it."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text + "\n", old, count=1) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
 
 
 def run(args) -> dict:
@@ -293,7 +283,10 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))
     if args.markdown:
-        write_section(Path(args.results), markdown(res))
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from results_md import write_sections
+
+        write_sections(Path(args.results), {SECTION: markdown(res)}, "benchmarks/load_test.py --markdown")
         print(f"wrote section '{SECTION}' of {args.results}")
     return 1 if res["errors"] or res["second_round_errors"] else 0
 

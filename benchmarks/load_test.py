@@ -214,7 +214,6 @@ def markdown(res: dict) -> str:
 
 
 def run(args) -> dict:
-    from priorclip.search.encoders import load_encoder
     from priorclip.search.query import SearchIndex
     from priorclip.search.server import create_app
 

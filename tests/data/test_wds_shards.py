@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from itertools import islice
 import tarfile
 import warnings
 
@@ -96,3 +97,38 @@ def test_shards_from_real_dataset(ucm_dir, tmp_path):
     assert [c for _, c in out] == [ds.image_captions[i][0] for i in range(5)]
     assert out[0][0].size == ds[0]["image"].size
     assert np.array_equal(np.asarray(out[0][0]), np.asarray(ds[0]["image"]))  # bytes copied, not re-encoded
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_resumed_mid_epoch_continues_exactly(shards, workers):
+    """Batches from global batch 3 on are the uninterrupted stream's, augmentation included, and the
+    skipped samples are never decoded (a resumed loader starts with the right worker)."""
+    def augment(image):  # random, like the training augmentation: depends on the torch RNG
+        return torch.tensor([float(np.asarray(image).mean()), float(torch.rand(()))])
+
+    def stream(start, n):
+        pipe = make_shard_pipeline([str(s) for s in shards], augment, None, batch_size=2, resampled=True, seed=5,
+                                   shuffle_buffer=6, start_batch=start, sample_seed=11, rank=0, world_size=1)
+        loader = torch.utils.data.DataLoader(pipe.with_epoch(8), batch_size=None, num_workers=workers,
+                                             generator=torch.Generator().manual_seed(start))  # worker seeds differ
+        return [(images, list(captions)) for images, captions in islice(loader, n)]
+
+    full = stream(0, 7)
+    for start in (3, 4):
+        resumed = stream(start, 7 - start)
+        assert [c for _, c in resumed] == [c for _, c in full[start:]]
+        for (a, _), (b, _) in zip(resumed, full[start:]):
+            assert torch.equal(a, b)
+    assert len({tuple(c) for _, c in full}) > 1 and len({float(a[0, 1]) for a, _ in full}) == 7  # really random
+
+
+def test_resumed_stream_skips_without_decoding(shards, monkeypatch):
+    import priorclip.data.shards as mod
+
+    decoded = []
+    real = mod.decode_sample
+    monkeypatch.setattr(mod, "decode_sample", lambda s: decoded.append(s["__key__"]) or real(s))
+    pipe = make_shard_pipeline([str(s) for s in shards], None, None, batch_size=2, resampled=False, shuffle_buffer=0,
+                               start_batch=4, rank=0, world_size=1)
+    out = [c for _, c in pipe]
+    assert len(decoded) == 12 - 8 and len(out) == 2  # 4 batches of 2 skipped as raw tar members

@@ -36,6 +36,35 @@ def _split_by_rank(rank: int, world_size: int):
     return split
 
 
+def stream_worker(offset: int = 0) -> tuple[int, int]:
+    """(virtual worker id, worker count) of the calling DataLoader worker.
+
+    A stream resumed at global batch `b` must hand batch `b` to the loader's first worker, since a
+    DataLoader takes batches from its workers in turn starting with worker 0. Renumbering the
+    workers by `offset = b % workers` makes worker 0 play the part of the worker that produced
+    batch `b` in the uninterrupted run; everything seeded per worker uses the virtual id.
+    """
+    import torch.utils.data
+
+    info = torch.utils.data.get_worker_info()
+    n = info.num_workers if info is not None else 1
+    return ((info.id if info is not None else 0) + offset) % n, n
+
+
+def _resume_position(start_batch: int, batch_size: int):
+    """Number every sample of this worker's stream and drop, before decoding, the samples of the
+    batches this worker produced before global batch `start_batch` (they were trained on)."""
+    def stage(src):
+        worker, n = stream_worker(start_batch)
+        skip = len(range(worker, start_batch, n)) * batch_size
+        for pos, sample in enumerate(src):
+            if pos >= skip:
+                sample["__pos__"] = pos
+                yield sample
+
+    return stage
+
+
 def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     """Raw tar sample -> {"image": PIL RGB, "caption": str, "key": str, "filename": str}."""
     key = sample.get("__key__", "?")
@@ -54,7 +83,7 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
             filename = meta.get("filename", meta.get("name", filename)) if isinstance(meta, dict) else filename
         except (ValueError, TypeError):
             pass
-    return {"image": image, "caption": caption, "key": key, "filename": filename}
+    return {"image": image, "caption": caption, "key": key, "filename": filename, "__pos__": sample.get("__pos__")}
 
 
 def make_shard_pipeline(
@@ -70,6 +99,8 @@ def make_shard_pipeline(
     rank: int | None = None,
     world_size: int | None = None,
     partial_batches: bool = False,
+    start_batch: int = 0,
+    sample_seed: int | None = None,
 ) -> wds.DataPipeline:
     """A webdataset pipeline yielding `(images, texts)` batches (or single samples if batch_size is None).
 
@@ -81,6 +112,13 @@ def make_shard_pipeline(
       RANK/WORLD_SIZE environment or torch.distributed (wds.split_by_node).
     * `transforms`: PIL -> tensor; `tokenize`: list[str] -> LongTensor[N,L] (applied per sample).
       Without them images stay PIL and texts stay strings.
+    * `sample_seed`: seed torch's RNG before each sample's transforms from (sample_seed, rank,
+      worker, position in the worker's stream), so augmentation does not depend on what ran before.
+    * `start_batch`: resume inside an epoch. The stream (same `seed`, workers and rank) continues
+      at global batch `start_batch` exactly as the uninterrupted one did: the batches already seen
+      are skipped as raw tar members (never decoded), and with `sample_seed` their augmentation is
+      not needed either. (A skipped sample that would have failed to decode shifts the stream by
+      one sample: the only inexactness.)
     """
     if isinstance(urls, (list, tuple)):
         urls = [str(u) for u in urls]
@@ -92,20 +130,32 @@ def make_shard_pipeline(
         raise DataError(f"make_shard_pipeline: rank {rank} outside world_size {world_size}")
 
     def to_pair(s):
+        if sample_seed is not None and transforms is not None:
+            import torch
+
+            torch.manual_seed(wds.utils.make_seed(sample_seed, rank or 0, stream_worker(start_batch)[0], s["__pos__"]))
         img = transforms(s["image"]) if transforms is not None else s["image"]
         txt = tokenize([s["caption"]])[0] if tokenize is not None else s["caption"]
         return img, txt
 
+    def by_virtual_worker(src):
+        worker, n = stream_worker(start_batch)
+        yield from islice(src, worker, None, n)
+
+    def worker_seed():
+        return (rank if rank is not None else wds.utils.pytorch_worker_info()[0]) * 1000 + stream_worker(start_batch)[0]
+
     stages: list = []
     if resampled:
-        stages.append(wds.ResampledShards(urls, seed=seed, deterministic=True))
+        stages.append(wds.ResampledShards(urls, seed=seed, deterministic=True, worker_seed=worker_seed))
     else:
         stages.append(wds.SimpleShardList(urls))
         stages.append(_split_by_rank(rank, world_size) if rank is not None else wds.split_by_node)
-        stages.append(wds.split_by_worker)
+        stages.append(by_virtual_worker)
     stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue))
     if shuffle_buffer and shuffle_buffer > 1:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed))
+    stages.append(_resume_position(start_batch, batch_size or 1))
     stages.append(wds.map(decode_sample, handler=wds.warn_and_continue))
     stages.append(wds.map(to_pair, handler=wds.warn_and_continue))
     if batch_size:

@@ -5,15 +5,19 @@
      unchanged files keep their items and vectors, new or changed files are (re)planned, files
      gone from a walked folder are dropped;
   2. embed every item that has no vector yet, committing each batch;
-  3. rebuild the FAISS structure from the stored vectors and write index.json last.
-A run killed anywhere is finished by running the same command again.
+  3. rebuild the FAISS structure from the stored vectors and publish it with report.json and
+     index.json (all written to temporary files first, then renamed, index.json last).
+A run killed anywhere, or stopped by a full disk, leaves the previous index searchable and is
+finished by running the same command again.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import fcntl
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -22,8 +26,9 @@ from priorclip.errors import ConfigError, DataError
 from priorclip.search import ann
 from priorclip.search.embed import embed_items
 from priorclip.search.sources import STRETCH_PERCENTILES, _short, is_raster, plan_file, shard_of, strip_path, walk
-from priorclip.search.store import (FAISS_NAME, FORMAT_VERSION, INDEX_JSON, REPORT_NAME, Store,
-                                    atomic_write_json, read_index_json)
+from priorclip.search.store import (DB_NAME, DISK_FULL_ERRNOS, FAISS_NAME, FORMAT_VERSION, INDEX_JSON, REPORT_NAME,
+                                    Store, json_bytes, publish, read_index_json, remove_stale_temporaries,
+                                    write_error, write_faiss)
 
 DEFAULT_TILE = 256
 
@@ -52,17 +57,35 @@ def part_dir(out: str | Path, rank: int, world: int) -> Path:
 
 @contextlib.contextmanager
 def _locked(directory: Path):
-    """One writer per index directory; a second `priorclip index` on it fails fast."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fh = open(directory / ".lock", "w")
+    """One writer per index directory; a second `priorclip index` on it fails fast. A disk that
+    fills up anywhere in the run (SQLite commits, the published files) ends it with one clear
+    error; temporaries of a killed earlier run are removed once the lock is held.
+
+    A POSIX record lock (lockf), not flock: it belongs to this process alone, so the DataLoader
+    workers it forks do not share it, and a run killed with -9 frees the directory at once rather
+    than when its orphaned workers notice, ~5 s later (meanwhile a rerun was refused)."""
     try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fh = open(directory / ".lock", "w")
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DataError(f"{directory} is being written by another `priorclip index` run") from None
-        yield
-    finally:
-        fh.close()
+            try:
+                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                raise DataError(f"{directory} is being written by another `priorclip index` run") from None
+            remove_stale_temporaries(directory)
+            yield
+        finally:
+            fh.close()
+    except sqlite3.OperationalError as exc:
+        if (getattr(exc, "sqlite_errorname", None) or "").startswith(("SQLITE_FULL", "SQLITE_IOERR")):
+            raise write_error(exc, directory / DB_NAME, directory) from exc
+        raise
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise write_error(exc, exc.filename or directory, directory) from exc
+        raise
 
 
 def _now() -> str:
@@ -153,7 +176,7 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
             f"{failed_now} unreadable, {len(gone)} removed; {len(pending)} items to embed")
         stats = embed_items(encoder, pending, store.commit_batch, batch_size=batch_size, workers=workers,
                             progress=progress)
-        info = _finish(store, out, model, settings, index_type, created, log)
+        info, index = _finish(store, out, model, settings, index_type, created, log)
         info["last_run"] = {
             "files_found": len(found), "files_unchanged": unchanged, "files_planned": planned,
             "files_removed": len(gone), "embedded": stats["embedded"], "failed": stats["failed"] + failed_now,
@@ -161,15 +184,24 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
             "images_per_s": round(stats["embedded"] / stats["seconds"], 2) if stats["seconds"] else None,
         }
         info["shard"] = {"rank": shard[0], "world": shard[1]} if shard else None
-        atomic_write_json(out / REPORT_NAME, {"failed": store.failures(),
-                                              "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]})
-        atomic_write_json(out / INDEX_JSON, info)
+        report = {"failed": store.failures(), "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
+        _publish(out, index, report, info)
         store.close()
     return info
 
 
+def _publish(out: Path, index, report: dict | None, info: dict) -> None:
+    """FAISS file, report.json and index.json replaced together (see `store.publish`)."""
+    files = {FAISS_NAME: lambda fh: write_faiss(index, fh)}
+    if report is not None:
+        files[REPORT_NAME] = json_bytes(report)
+    files[INDEX_JSON] = json_bytes(info)
+    publish(out, files)
+
+
 def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: str, created: str, log,
-            merged_from: list[str] | None = None) -> dict:
+            merged_from: list[str] | None = None) -> tuple[dict, object]:
+    """index.json's content and the FAISS structure rebuilt from the stored vectors (not yet written)."""
     dim = int(model["embed_dim"])
     ids, vecs = store.all_vectors(dim)
     t = time.perf_counter()
@@ -182,7 +214,6 @@ def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: st
     else:
         params["recall_at_10"] = 1.0
     params["file"] = FAISS_NAME
-    ann.save(index, out / FAISS_NAME)
     counts = store.counts()
     info = {
         "format": "priorclip-search-index",
@@ -203,7 +234,7 @@ def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: st
     log(f"[index] {counts['items']} items ({counts['tiles']} tiles from {counts['scenes']} scenes) in {out}; "
         f"{counts['failed_files']} unreadable files, {counts['failed_items']} unreadable items "
         f"(see {out / REPORT_NAME})")
-    return info
+    return info, index
 
 
 def merge_indexes(parts: list[str | Path], out: str | Path, *, index_type: str = ann.DEFAULT_INDEX_TYPE, log=print) -> dict:
@@ -258,11 +289,10 @@ def merge_indexes(parts: list[str | Path], out: str | Path, *, index_type: str =
         if dup:
             log(f"[index] {dup} files appeared in more than one part; kept the first")
         model = dict(first["model"])
-        info = _finish(store, out, model, settings, index_type, created, log,
-                       merged_from=[str(Path(p).resolve()) for p in parts])
+        info, index = _finish(store, out, model, settings, index_type, created, log,
+                              merged_from=[str(Path(p).resolve()) for p in parts])
         info["shard"] = None
-        atomic_write_json(out / REPORT_NAME, {"failed": store.failures(), "skipped": []})
-        atomic_write_json(out / INDEX_JSON, info)
+        _publish(out, index, {"failed": store.failures(), "skipped": []}, info)
         store.close()
     return info
 
@@ -274,10 +304,10 @@ def rebuild_ann(directory: str | Path, index_type: str, log=print) -> dict:
     with _locked(directory):
         store = Store(directory)
         settings = store.get_meta("settings")
-        new = _finish(store, directory, info["model"], settings, index_type, info["created"], log,
-                      merged_from=info.get("merged_from"))
+        new, index = _finish(store, directory, info["model"], settings, index_type, info["created"], log,
+                             merged_from=info.get("merged_from"))
         for key in ("last_run", "shard"):
             new[key] = info.get(key)
-        atomic_write_json(directory / INDEX_JSON, new)
+        _publish(directory, index, None, new)
         store.close()
     return new

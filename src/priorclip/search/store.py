@@ -8,17 +8,21 @@
 
 SQLite is the source of truth: each embedded batch is committed in one transaction, so a killed run
 loses at most the batch in flight and a rerun embeds only the items still without a vector. The
-FAISS file and index.json are replaced atomically (write to a temporary file, then os.replace).
+FAISS file, report.json and index.json are published together by `publish`: all three are
+written and fsynced under temporary names first and renamed over the old ones only when all are
+on disk, so a full disk or a kill while writing leaves the previous index loadable.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
 import tempfile
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -61,23 +65,119 @@ CREATE TABLE IF NOT EXISTS vectors (
 """
 
 
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+PUBLISHED = (FAISS_NAME, REPORT_NAME, INDEX_JSON)  # written by `publish`, index.json last
+
+
+def write_error(exc: BaseException, path: str | Path, directory: str | Path | None = None) -> DataError:
+    """A user-facing error for a failed write of `path`: disk full (ENOSPC, quota, SQLITE_FULL)
+    is said in words, with what is left and what to do, instead of a traceback."""
+    directory = Path(directory) if directory is not None else Path(path).parent
+    code = getattr(exc, "errno", None)
+    sqlite_name = getattr(exc, "sqlite_errorname", None) or ""
+    todo = "Free some space"
+    if code in DISK_FULL_ERRNOS:
+        what = ("the disk quota is exceeded" if code == errno.EDQUOT else "the disk is full") + \
+               f" ({os.strerror(code)}, errno {code})"
+    elif sqlite_name == "SQLITE_FULL":
+        what = f"the disk is full ({exc})"
+    elif sqlite_name.startswith("SQLITE_IOERR") and _free_bytes(directory) < (1 << 20):
+        # a WAL database on a full disk cannot even map its shared-memory file (SQLITE_IOERR_SHMSIZE)
+        what = f"the disk is full ({_free_bytes(directory)} bytes free; SQLite: {exc}, {sqlite_name})"
+    else:
+        what = f"{getattr(exc, 'strerror', None) or exc}" + (f" ({sqlite_name})" if sqlite_name else "")
+        todo = "Fix that"
+    if (directory / INDEX_JSON).is_file():
+        left = f"{directory} still holds the index from before this run, unchanged and searchable"
+    else:
+        left = f"no index was published in {directory} yet"
+    return DataError(f"cannot write {path}: {what}. {left}; the images embedded so far are kept. "
+                     f"{todo} and run the same command again to finish.")
+
+
+def _free_bytes(directory: Path) -> int:
+    try:
+        st = os.statvfs(directory)
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return 1 << 62
+
+
+def write_faiss(index, fh: BinaryIO) -> None:
+    """Serialise a FAISS index into an open file. FAISS's own file writer only prints a failed
+    final flush (disk full) to stderr and carries on with a truncated file; through a Python
+    file object every failed write raises OSError."""
+    import faiss
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a directory; the renames are still ordered
+        pass
+    finally:
+        os.close(fd)
+
+
+def publish(directory: str | Path, files: dict[str, bytes | Callable[[BinaryIO], None]]) -> None:
+    """Replace files of `directory` (name -> bytes, or a function writing into a binary file)
+    all or none, as far as write errors go: every file is written and fsynced under a temporary
+    name first; only when all are on disk are they renamed over the old ones, in the given order.
+    A failed write (disk full...) removes the temporary files, leaves the old ones untouched and
+    raises a DataError naming the file. A kill during the renames leaves old and new files that
+    each load; the next run replaces them all."""
+    directory = Path(directory)
+    staged: list[tuple[str, Path]] = []
+    try:
+        for name, content in files.items():
+            path = directory / name
+            try:
+                fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+                staged.append((tmp, path))
+                with os.fdopen(fd, "wb") as fh:
+                    if callable(content):
+                        content(fh)
+                    else:
+                        fh.write(content)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise write_error(exc, path, directory) from exc
+        while staged:
+            tmp, path = staged[0]
+            os.replace(tmp, path)
+            staged.pop(0)
+        _fsync_dir(directory)
+    finally:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Temporary files of a `publish` that was killed (they can be as large as the FAISS file).
+    Call only while holding the directory's writer lock."""
+    gone = []
+    for p in Path(directory).glob(".*.tmp"):
+        if p.name.startswith(tuple(f".{n}." for n in PUBLISHED)):
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
+
+
+def json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    publish(path.parent, {path.name: data})
 
 
 def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 def read_index_json(directory: str | Path) -> dict:

@@ -12,7 +12,6 @@ guess.
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -156,15 +155,6 @@ def recall_at_k(index, vectors: np.ndarray, ids: np.ndarray, k: int = 10, n_quer
     _, got = index.search(np.ascontiguousarray(q, dtype=np.float32), k)
     hits = [len(set(t.tolist()) & set(g.tolist())) for t, g in zip(truth, got)]
     return float(np.mean(hits) / k)
-
-
-def save(index, path: str | Path) -> None:
-    """Write atomically: a reader never sees a half-written index."""
-    faiss = _faiss()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
 
 
 def load(path: str | Path, params: dict | None = None, mmap: bool = False):

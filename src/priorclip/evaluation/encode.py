@@ -69,11 +69,13 @@ def encode_texts(model, texts: Sequence[str], batch_size: int = 256, device="cpu
     return torch.nn.functional.normalize(feats, dim=-1)[torch.as_tensor(index, dtype=torch.long, device=feats.device)]
 
 
-def encode_dataset(model, dataset, batch_size: int = 64, device="cpu", workers: int = 0):
+def encode_dataset(model, dataset, batch_size: int = 64, device="cpu", workers: int = 0, image_encoder=None):
     """-> (image_features [N_img, D], text_features [N_txt, D], text_to_image [N_txt]) on the CPU.
 
     `dataset` is a `priorclip.data` caption dataset (any mode: its images view is used). Text
-    order is `dataset.all_captions`; image order is image id order.
+    order is `dataset.all_captions`; image order is image id order. `image_encoder(images,
+    image_ids)`, when given, replaces `model.encode_image` (the trainer's reuses the frozen prior's
+    output on the same images across validations).
     """
     device = torch.device(device)
     was_training = model.training
@@ -85,7 +87,9 @@ def encode_dataset(model, dataset, batch_size: int = 64, device="cpu", workers: 
         with torch.inference_mode(), torch.autocast(device.type, enabled=False):
             feats, ids = [], []
             for images, image_ids in loader:
-                feats.append(_encode_images(model, images.to(device, non_blocking=True).float()).float().cpu())
+                images = images.to(device, non_blocking=True).float()
+                out = image_encoder(images, image_ids) if image_encoder is not None else _encode_images(model, images)
+                feats.append(out.float().cpu())
                 ids.append(image_ids)
             image_features = torch.nn.functional.normalize(torch.cat(feats), dim=-1)
             order = torch.cat(ids)
@@ -98,12 +102,14 @@ def encode_dataset(model, dataset, batch_size: int = 64, device="cpu", workers: 
 
 
 def evaluate_model(model, dataset, batch_size: int = 64, device="cpu", workers: int = 0,
-                   ks: Sequence[int] = (1, 5, 10), positives: str = "index", return_scores: bool = False):
+                   ks: Sequence[int] = (1, 5, 10), positives: str = "index", return_scores: bool = False,
+                   image_encoder=None):
     """Encode `dataset` and return `recall_report` (every tie rule, tie statistics) plus counts;
     with `return_scores`, `(report, scores)` so per-query dumps reuse the images x texts matrix."""
     from priorclip.evaluation.metrics import recall_report, similarity_matrix
 
-    image_features, text_features, text_to_image = encode_dataset(model, dataset, batch_size, device, workers)
+    image_features, text_features, text_to_image = encode_dataset(model, dataset, batch_size, device, workers,
+                                                                  image_encoder)
     scores = similarity_matrix(image_features, text_features)
     report = recall_report(scores, text_to_image, captions=dataset.all_captions, ks=ks, positives=positives)
     report["model"] = getattr(model, "model_name", type(model).__name__)

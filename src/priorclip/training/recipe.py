@@ -51,7 +51,7 @@ class Recipe:
     prior_checkpoint: str | None = None  # closed: a `prior` stage run (or its checkpoint dir) to load and freeze
     init_checkpoint: str | None = None  # finetune (or any stage): model checkpoint dir to start from
     train_all: bool = False  # finetune: also train the prior and the text tower
-    cache_prior: bool = True  # frozen open-domain prior + data.augment false: run the prior once per image
+    cache_prior: bool = True  # frozen prior (open or closed domain) + data.augment false: run it once per image
     epochs: int = 10
     batch_size: int = 32  # per process
     lr: float = 1e-4

@@ -97,3 +97,36 @@ def test_pretrain_on_shards_checkpoint_log_and_exact_resume_at_epoch_end(shard_d
         assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), k
     assert [r["loss_total"] for r in read_log(part) if r["event"] == "train"] == pytest.approx(
         [r["loss_total"] for r in steps], abs=1e-6)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_pretrain_on_shards_resumed_mid_epoch_matches_uninterrupted(shard_data, tmp_path, monkeypatch):
+    """Stopped right after the step-2 checkpoint (mid-epoch 1 of 4 steps), with 2 workers and
+    augmentation on: the resumed run sees the same remaining batches and ends with the same weights."""
+    kw = dict(data={"val_split": None, "augment": True}, workers=2, save_every_steps=1)
+    full = train(_recipe(shard_data, **kw), out_dir=tmp_path / "full")
+
+    real_save = Trainer.save
+
+    def save_then_stop(self, name, position, with_state=True):
+        real_save(self, name, position, with_state)
+        if self.step == 2:
+            raise _Stop
+
+    monkeypatch.setattr(Trainer, "save", save_then_stop)
+    with pytest.raises(_Stop):
+        train(_recipe(shard_data, **kw), out_dir=tmp_path / "part")
+    monkeypatch.setattr(Trainer, "save", real_save)
+    part = tmp_path / "part"
+    state = torch.load(part / "checkpoints" / "last" / "train_state.pt", weights_only=False)
+    assert (state["step"], state["epoch"]) == (2, 0)  # really inside the first epoch
+    train(resume=part)
+    a = load_file(str(full / "checkpoints" / "last" / "model.safetensors"))
+    b = load_file(str(part / "checkpoints" / "last" / "model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), k
+    losses = [r["loss_total"] for r in read_log(full) if r["event"] == "train"]
+    assert [r["loss_total"] for r in read_log(part) if r["event"] == "train"][-6:] == pytest.approx(losses[-6:], abs=1e-6)

@@ -12,9 +12,9 @@ uninterrupted run sees; optimizer, scheduler, scaler and RNG states come from `t
 Validation runs inside `torch.random.fork_rng`, so it never shifts the training RNG.
 
 Shards (`data.shards`): training reads a resampled webdataset stream instead; an epoch is
-`data.epoch_samples` samples and the stream is seeded from (seed, epoch, rank, worker, position at
-which the epoch (re)started), so a resume at an epoch boundary is exact and one mid-epoch continues
-with a fresh, statistically equivalent stream (see docs/TRAINING.md).
+`data.epoch_samples` samples and the stream is seeded from (seed, epoch, rank, worker), each
+sample's augmentation from its position in the stream, so a resume anywhere, mid-epoch included,
+continues the uninterrupted stream exactly (the batches already seen are skipped undecoded).
 
 Frozen open-domain prior with `data.augment: false`: the prior's output for an image is the same
 every epoch, so it is computed once per image (the first time the image is seen) and cached.
@@ -659,21 +659,24 @@ class Trainer:
     def _shard_loader(self, epoch: int, start_micro: int, n_batches: int):
         """This rank's `n_batches` micro-batches of epoch `epoch` from the resampled shard stream.
 
-        Shards are drawn with replacement per (rank, worker) by webdataset's ResampledShards, whose
-        seed mixes rank and worker with ours; ours mixes (seed, epoch, start_micro), so the stream of
-        an epoch started at its beginning is a function of (seed, epoch, rank, workers) only.
+        Shards are drawn with replacement per (rank, worker) by webdataset's ResampledShards, seeded
+        from (seed, epoch, rank, worker); augmentation is seeded per sample from its position in the
+        stream. The stream of an epoch is therefore a function of (seed, epoch, rank, workers), and
+        a run resumed at micro-batch `start_micro` continues it exactly: the batches already trained
+        on are skipped as raw tar members, without decoding (see `make_shard_pipeline`).
         """
         from itertools import islice
 
         from priorclip.data.shards import make_shard_pipeline
 
         r = self.recipe
-        seed = _mix_seed(r.seed, epoch, start_micro)
+        seed = _mix_seed(r.seed, epoch)
         pipe = make_shard_pipeline(self.shard_urls, transforms=self.train_tf, tokenize=None, batch_size=r.batch_size,
                                    resampled=True, seed=seed % (1 << 31), shuffle_buffer=r.data.shuffle_buffer,
-                                   rank=self.info.rank, world_size=self.info.world_size)
-        # with_epoch counts per worker: each yields its share, the loader interleaves them
-        pipe = pipe.with_epoch(max(1, math.ceil(n_batches / max(1, r.workers))))
+                                   rank=self.info.rank, world_size=self.info.world_size, start_batch=start_micro,
+                                   sample_seed=seed % (1 << 31))
+        # with_epoch counts per worker: each yields its share (one spare), the loader interleaves them
+        pipe = pipe.with_epoch(math.ceil(n_batches / max(1, r.workers)) + 1)
         loader = DataLoader(pipe, batch_size=None, num_workers=r.workers, pin_memory=self.device.type == "cuda",
                             generator=torch.Generator().manual_seed(_mix_seed(seed, self.info.rank) % (1 << 63)))
         for images, captions in islice(loader, n_batches):

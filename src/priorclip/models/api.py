@@ -20,3 +20,12 @@ class RetrievalModelAPI:
         icfg = self.model_config.get("image_cfg", {})
         return image_transform(self.model_config["vision_cfg"].get("image_size", 224), train=train,
                                mean=icfg.get("mean"), std=icfg.get("std"))
+
+    def optimize_for_inference(self, enabled: bool = True, **options):
+        """Switch on (or off) the model's inference-only speed-ups; a no-op for models without a
+        convolutional prior. Subclasses that have one (open and closed PriorCLIP) override this."""
+        return self
+
+    @property
+    def inference_optimized(self) -> bool:
+        return False

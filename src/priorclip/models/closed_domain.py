@@ -116,5 +116,17 @@ class ClosedPriorCLIP(ClosedDualEncoder):
     def embed_text_tokens(self, text_tokens: torch.Tensor) -> torch.Tensor:
         return self.temporal_pae(self.text_proj(text_tokens))
 
+    def optimize_for_inference(self, enabled: bool = True, **options) -> ClosedPriorCLIP:
+        """Inference copy of the prior (BatchNorm folded, channels_last) under no_grad/inference_mode;
+        see `PriorTower.optimize_for_inference`. A no-op for a head-only model (no backbones)."""
+        if isinstance(getattr(self, "prior", None), PriorTower):
+            self.prior.optimize_for_inference(enabled, **options)
+        return self
+
+    @property
+    def inference_optimized(self) -> bool:
+        prior = getattr(self, "prior", None)
+        return isinstance(prior, PriorTower) and prior.__dict__.get("_inference") is not None
+
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         return self.embed_image_tokens(self.visual(images), self.prior(images))

@@ -12,6 +12,8 @@ import timm
 import torch
 from torch import nn
 
+from .inference import InferencePrior, use_inference_prior
+
 
 def freeze(module: nn.Module, frozen: bool = True) -> None:
     """Stop (or restart) training a tower; a frozen tower is put in eval mode so BatchNorm
@@ -71,8 +73,21 @@ class PriorTower(nn.Module):
             self.model.eval()
         return self
 
+    def optimize_for_inference(self, enabled: bool = True, *, fold_batchnorm: bool = True,
+                               channels_last: bool = True, compile: bool = False) -> PriorTower:
+        """Use an inference copy (BatchNorm folded, channels_last; `compile=True`: also compiled)
+        when no gradient is wanted and the tower is in eval mode; parameters, state dict and
+        training are unchanged (see `priorclip.models.inference.InferencePrior`)."""
+        self._inference = (InferencePrior(self.model, fold=fold_batchnorm, channels_last=channels_last,
+                                          compile=compile)
+                           if enabled else None)
+        return self
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C) pooled prior feature."""
+        fast = self.__dict__.get("_inference")
+        if use_inference_prior(fast, self.model):  # checked before the no_grad below: a frozen
+            return fast(images)                   # tower in training keeps the plain path
         if self.frozen:
             with torch.no_grad():
                 return self.model(images)

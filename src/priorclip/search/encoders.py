@@ -84,6 +84,9 @@ class ModelEncoder:
         import torch
 
         self.model = model.eval().to(device)
+        optimize = getattr(self.model, "optimize_for_inference", None)
+        if callable(optimize):  # the frozen prior with BatchNorm folded, channels_last (docs/PERFORMANCE.md)
+            optimize(True)
         self.device = device
         self.checkpoint = checkpoint
         self.checkpoint_hash = checkpoint_hash

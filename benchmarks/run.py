@@ -12,7 +12,9 @@ Every figure is a median of several timed runs after one warm-up run. Every figu
 against an alternative timed in the same process, with the runs of the compared models
 interleaved (A, B, C, A, B, C, ...), so a load change on a shared machine hits all of them alike.
 All models have random weights (nothing is downloaded) and every compared model gets the same
-input tensors. FLOPs are counted, not estimated, with torch.utils.flop_counter.FlopCounterMode at
+input tensors. PriorCLIP models run as the search encoder and evaluation run them, with
+`optimize_for_inference()` (frozen prior: BatchNorm folded, channels_last); their images are
+also timed with it off, in the same runs. FLOPs are counted, not estimated, with torch.utils.flop_counter.FlopCounterMode at
 batch 1 (attention through the math kernel and nn.MultiheadAttention's fused fast path off, so
 that every matmul is seen).
 
@@ -53,6 +55,8 @@ CAPTIONS = [
 ]
 SLOW_FACTOR = 4  # an inference option this many times slower than the baseline is timed once
 TARGET_EFFICIENCY = 0.9  # open-domain image throughput ratio must reach 0.9 x its FLOP-bound ratio
+PLAIN_SUFFIX = "(optimize_for_inference off)"
+OPTIMIZED = "optimize_for_inference (prior folded + channels_last)"
 
 
 # ---- measuring ----------------------------------------------------------------------------------
@@ -203,30 +207,46 @@ def throughput_section(args, results: dict) -> None:
     for domain, subject, alternatives in groups:
         log(f"[throughput] building {subject} and {alternatives}")
         models = {name: build(name, device) for name in [subject, *alternatives]}
+        # The subject runs the way the search encoder and evaluation run it: optimize_for_inference
+        # (its frozen prior with BatchNorm folded, channels_last). Its images are also timed with
+        # that switched off, on an identical copy in the same interleaved runs, as the "before".
+        plain_name = f"{subject} {PLAIN_SUFFIX}"
+        plain = copy.deepcopy(models[subject])
+        models[subject].optimize_for_inference()
         texts = (CAPTIONS * (batch // len(CAPTIONS) + 1))[:batch]
         tokens = models[subject].tokenize(texts)  # open: CLIP BPE (same as open_clip's); closed: WordPiece
         for modality, method, inputs, example in [("image", "encode_image", images, one_image),
                                                    ("text", "encode_text", tokens, tokens[:1])]:
             log(f"[throughput] {domain} {modality}: counting FLOPs, then {runs} runs of batch {batch}")
             flops = flops_of(models, method, example)
-            timing = compare(models, inputs.to(device), method, runs, device)
-            entry = {"subject": subject, "batch": batch, "runs": runs, "input_shape": list(inputs.shape),
-                     "flops_per_item": flops, "timing": timing, **ratios(subject, timing, flops)}
+            timed = {**models, plain_name: plain} if modality == "image" else models  # text: nothing to switch
+            timing = compare(timed, inputs.to(device), method, runs, device)
+            alts = {k: v for k, v in timing.items() if k != plain_name}
+            entry = {"subject": subject, "optimized": True, "batch": batch, "runs": runs,
+                     "input_shape": list(inputs.shape), "flops_per_item": flops, "timing": timing,
+                     **ratios(subject, alts, flops)}
+            if plain_name in timing:
+                before = ratios(plain_name, {k: v for k, v in timing.items() if k != subject},
+                                {**flops, plain_name: flops[subject]})
+                entry["plain"] = {"model": plain_name, "vs": before["vs"],
+                                  "speedup_of_optimized": timing[plain_name]["median_s"] / timing[subject]["median_s"]}
             section[f"{domain}_{modality}"] = entry
-            log("  " + ", ".join(f"{n}: {t['items_per_s']:.1f}/s, {flops[n] / 1e9:.2f} GFLOP" for n, t in timing.items()))
+            log("  " + ", ".join(f"{n}: {t['items_per_s']:.1f}/s" for n, t in timing.items())
+                + "; GFLOP " + ", ".join(f"{n} {f / 1e9:.2f}" for n, f in flops.items()))
         if domain == "open":
             model = models[subject]
             stem = count_flops(lambda: model.visual._embeds(one_image))
             prior = count_flops(lambda: model.instruction_token(one_image))
             total = section["open_image"]["flops_per_item"][subject]
             section["open_image"]["flop_shares"] = {"prior": prior / total, "vit_stem": stem / total}
-        del models
+        del models, plain
         gc.collect()
     vit = section["open_image"]["vs"]["ViT-B-32"]
     section["target"] = {
         "rule": f"priorclip-open image throughput ratio to ViT-B-32 >= {TARGET_EFFICIENCY} x FLOP-bound ratio",
         "throughput_ratio": vit["throughput_ratio"], "flop_bound_ratio": vit["flop_bound_ratio"],
         "needed": TARGET_EFFICIENCY * vit["flop_bound_ratio"], "met": vit["efficiency"] >= TARGET_EFFICIENCY,
+        "throughput_ratio_optimizations_off": section["open_image"]["plain"]["vs"]["ViT-B-32"]["throughput_ratio"],
     }
 
 
@@ -241,26 +261,6 @@ def _prior_pipelined(model, images: torch.Tensor, pool) -> torch.Tensor:
     out_first = model.encode_image(first, instruction=instruction)
     out_second = model.encode_image(second, instruction=future.result())
     return torch.cat([out_first, out_second])
-
-
-def fold_batchnorm(model: torch.nn.Module) -> int:
-    """Fold each eval-mode BatchNorm2d into the Conv2d registered just before it (in place).
-
-    ResNet blocks (open_clip's ModifiedResNet, timm's ResNet) register every conv right before the
-    BatchNorm applied to its output, which is what this relies on; the benchmark checks the folded
-    model's embeddings against the original. Returns how many pairs were folded.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    folded = 0
-    for parent in list(model.modules()):
-        children = list(parent.named_children())
-        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
-            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) and not bn.training:
-                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
-                setattr(parent, bn_name, torch.nn.Identity())
-                folded += 1
-    return folded
 
 
 def _in_inference_mode(fn, *args):
@@ -288,28 +288,23 @@ def speedup_section(args, results: dict) -> None:
             return model.encode_image(images, normalize=True)
     variants["no_grad"] = no_grad
 
-    cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    cl_images = images.contiguous(memory_format=torch.channels_last)
+    # The prior's inference copy (model.optimize_for_inference), each technique alone and both;
+    # every variant is an identical copy of the model with its own switch.
+    from priorclip.models.inference import count_batchnorm, fold_batchnorm
 
-    def channels_last():
-        with torch.inference_mode():
-            return cl_model.encode_image(cl_images, normalize=True)
-    variants["channels_last"] = channels_last
+    pairs = count_batchnorm(model.res_visual) - count_batchnorm(fold_batchnorm(model.res_visual))
+    for name, options in [("prior: BatchNorm folded", {"channels_last": False}),
+                          ("prior: channels_last", {"fold_batchnorm": False}),
+                          (OPTIMIZED, {})]:
+        variant = copy.deepcopy(model).optimize_for_inference(**options)
 
-    fold_model = copy.deepcopy(model)
-    notes["BatchNorm folded into convs"] = f"{fold_batchnorm(fold_model)} conv+BN pairs folded"
-
-    def folded():
-        with torch.inference_mode():
-            return fold_model.encode_image(images, normalize=True)
-    variants["BatchNorm folded into convs"] = folded
-
-    fold_cl_model = copy.deepcopy(fold_model).to(memory_format=torch.channels_last)
-
-    def folded_cl():
-        with torch.inference_mode():
-            return fold_cl_model.encode_image(cl_images, normalize=True)
-    variants["BatchNorm folded + channels_last"] = folded_cl
+        def optimized(variant=variant):
+            with torch.inference_mode():
+                return variant.encode_image(images, normalize=True)
+        variants[name] = optimized
+        if name != "prior: channels_last":
+            notes[name] = f"{pairs} conv+BN pairs folded"
+    fast_model = variant  # the last one: both techniques
 
     dev_type = torch.device(device).type
 
@@ -324,6 +319,11 @@ def speedup_section(args, results: dict) -> None:
         with torch.inference_mode():
             return torch.nn.functional.normalize(_prior_pipelined(model, images, pool), dim=-1)
     variants["prior in a thread (2 micro-batches)"] = pipelined
+
+    def pipelined_fast():
+        with torch.inference_mode():
+            return torch.nn.functional.normalize(_prior_pipelined(fast_model, images, pool), dim=-1)
+    variants[f"{OPTIMIZED} + prior in a thread"] = pipelined_fast
 
     first_call, once = {}, {}
     for name, fn in list(variants.items()):
@@ -352,33 +352,43 @@ def speedup_section(args, results: dict) -> None:
         log(f"  {name}: {batch / t['median_s']:.1f}/s, x{base / t['median_s']:.2f}, "
             f"max|diff| {outputs[name]['max_abs_diff_vs_fp32']:.1e}")
     results["speedups"] = entry
-    del model, cl_model, fold_model, fold_cl_model
+    del model, variant, fast_model
     gc.collect()
 
 
 # ---- torch.compile, in a child process so a slow or failing compile cannot stall the suite ------------
 
 def compile_child(batch: int, runs: int, device: str, out: str) -> None:
+    """priorclip-open encode_image eager, with optimize_for_inference, and with its prior also
+    compiled (optimize_for_inference(compile=True): inductor with freezing), next to ViT-B-32 eager."""
     model = build("priorclip-open", device)
     images = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(2)).to(device)
-    compiled = torch.compile(model.encode_image)
+    fast = copy.deepcopy(model).optimize_for_inference()
+    compiled = copy.deepcopy(model).optimize_for_inference(compile=True)
+    vit = build("ViT-B-32", device)
     start = time.perf_counter()
     with torch.inference_mode():
-        got = compiled(images, normalize=True)
-        want = model.encode_image(images, normalize=True)
+        got = compiled.encode_image(images, normalize=True)
     compile_s = time.perf_counter() - start
+    with torch.inference_mode():
+        want = model.encode_image(images, normalize=True)
 
-    def eager():
-        with torch.inference_mode():
-            model.encode_image(images, normalize=True)
-
-    def comp():
-        with torch.inference_mode():
-            compiled(images, normalize=True)
-    timing = interleaved({"eager": eager, "compiled": comp}, runs, device)
+    def caller(m):
+        def call():
+            with torch.inference_mode():
+                m.encode_image(images, normalize=True)
+        return call
+    names = {"eager": model, "optimize_for_inference": fast, "optimize_for_inference(compile=True)": compiled,
+             "ViT-B-32 (eager)": vit}
+    timing = interleaved({name: caller(m) for name, m in names.items()}, runs, device)
+    vit_s = timing["ViT-B-32 (eager)"]["median_s"]
     Path(out).write_text(json.dumps({
-        "status": "ok", "compile_and_first_call_s": compile_s, "timing": timing,
-        "speedup": timing["eager"]["median_s"] / timing["compiled"]["median_s"],
+        "status": "ok", "compiled": "the prior (inductor, freezing), after BatchNorm folding and channels_last",
+        "compile_and_first_call_s": compile_s, "timing": timing,
+        "speedup": timing["eager"]["median_s"] / timing["optimize_for_inference(compile=True)"]["median_s"],
+        "speedup_vs_optimize_for_inference": (timing["optimize_for_inference"]["median_s"]
+                                              / timing["optimize_for_inference(compile=True)"]["median_s"]),
+        "ratio_to_vit": {name: vit_s / timing[name]["median_s"] for name in names if not name.startswith("ViT")},
         "max_abs_diff": float((got - want).abs().max())}))
 
 
@@ -401,7 +411,8 @@ def compile_section(args, results: dict) -> None:
         entry["wall_s"] = time.perf_counter() - start
     results["torch_compile"] = {"batch": args.aux_batch, "runs": args.aux_runs, **entry}
     if entry["status"] == "ok":
-        log(f"  compiled x{entry['speedup']:.2f} vs eager, compile+first call {entry['compile_and_first_call_s']:.0f} s")
+        log(f"  compiled prior x{entry['speedup']:.2f} vs eager, x{entry['speedup_vs_optimize_for_inference']:.2f} vs "
+            f"optimize_for_inference; compile+first call {entry['compile_and_first_call_s']:.0f} s")
     else:
         log(f"  {entry['status']}: {entry.get('error', '')}")
 
@@ -488,10 +499,15 @@ def markdown_sections(results: dict) -> dict:
         if key == "target":
             continue
         subject = entry["subject"]
+        plain = entry.get("plain", {})
         for name, t in entry["timing"].items():
-            gf = entry["flops_per_item"][name] / 1e9
+            gf = entry["flops_per_item"].get(name, entry["flops_per_item"][subject]) / 1e9
             if name == subject:
-                lines.append(f"| {key.replace('_', ' ')} | **{name}** | {_f(t['items_per_s'], 1)} | {_f(gf)} | 1 | 1 | |")
+                label = f"**{name}**" + (" (optimize_for_inference)" if entry.get("optimized") and key.endswith("image") else "")
+                lines.append(f"| {key.replace('_', ' ')} | {label} | {_f(t['items_per_s'], 1)} | {_f(gf)} | 1 | 1 | |")
+            elif name == plain.get("model"):
+                lines.append(f"| | {name}; the switch gives x{_f(plain['speedup_of_optimized'])} | "
+                             f"{_f(t['items_per_s'], 1)} | {_f(gf)} | | | |")
             else:
                 r = entry["vs"][name]
                 star = " (strongest)" if name == entry["strongest_alternative"] else ""
@@ -500,14 +516,18 @@ def markdown_sections(results: dict) -> dict:
     if "target" in tp:
         t = tp["target"]
         lines += ["", f"Target ({t['rule']}): ratio {_f(t['throughput_ratio'], 3)}, needed >= {_f(t['needed'], 3)}: "
-                      f"**{'met' if t['met'] else 'NOT met'}**."]
+                      f"**{'met' if t['met'] else 'NOT met'}**"
+                      + (f" (with optimize_for_inference off: {_f(t['throughput_ratio_optimizations_off'], 3)})."
+                         if "throughput_ratio_optimizations_off" in t else ".")]
         timing = tp["open_image"]["timing"]
         if {"ViT-B-32", "RN50"} <= set(timing):
             # PriorCLIP-open's image side is a ViT-B/32 plus a ModifiedResNet-50 prior: if it costs
             # what its two parts cost on their own, its time per image is the sum of theirs.
             parts = 1.0 / (1.0 / timing["ViT-B-32"]["items_per_s"] + 1.0 / timing["RN50"]["items_per_s"])
-            lines.append(f"Sum of its parts (ViT-B-32 time + RN50 time per image): {parts:.2f} images/s predicted, "
-                         f"{timing['priorclip-open']['items_per_s']:.2f} measured.")
+            plain = tp["open_image"].get("plain", {}).get("model")
+            lines.append(f"Sum of its parts (ViT-B-32 time + RN50 time per image, both plain): {parts:.2f} images/s "
+                         f"predicted; measured {timing['priorclip-open']['items_per_s']:.2f} with optimize_for_inference"
+                         + (f", {timing[plain]['items_per_s']:.2f} without." if plain in timing else "."))
         shares = tp["open_image"].get("flop_shares")
         if shares:
             lines.append(f"FLOP shares of priorclip-open encode_image: prior {shares['prior']:.1%}, "
@@ -528,7 +548,16 @@ def markdown_sections(results: dict) -> dict:
         lines += [""] + [f"{name}: {note}." for name, note in notes.items() if name in sp["variants"]]
     tc = results.get("torch_compile")
     if tc:
-        if tc["status"] == "ok":
+        if tc["status"] == "ok" and "ratio_to_vit" in tc:
+            bound = tp.get("target", {}).get("flop_bound_ratio")
+            ratios_ = ", ".join(f"{name} {_f(r, 3)}" for name, r in tc["ratio_to_vit"].items())
+            lines += ["", f"torch.compile of the prior (`optimize_for_inference(compile=True)`: inductor with freezing; "
+                          f"child process, batch {tc['batch']}, median of {tc['runs']}): x{_f(tc['speedup'])} vs eager, "
+                          f"x{_f(tc['speedup_vs_optimize_for_inference'])} vs `optimize_for_inference()`; compile + first "
+                          f"call {tc['compile_and_first_call_s']:.0f} s; max abs diff {tc['max_abs_diff']:.1e}. "
+                          f"Image throughput ratio to ViT-B-32 (eager, same runs): {ratios_}"
+                          + (f" (FLOP-bound {_f(bound, 3)})." if bound else ".")]
+        elif tc["status"] == "ok":
             lines += ["", f"torch.compile (inductor, child process): x{_f(tc['speedup'])} vs eager at batch {tc['batch']}; "
                           f"compile + first call {tc['compile_and_first_call_s']:.0f} s; max abs diff {tc['max_abs_diff']:.1e}."]
         else:
@@ -588,12 +617,12 @@ def main(argv=None) -> int:
     parser.add_argument("--aux-runs", type=int, default=3, help="timed runs of those figures (default 3)")
     parser.add_argument("--only", nargs="+", choices=["throughput", "speedups", "compile", "onnx"],
                         help="run only these parts (default: all)")
-    parser.add_argument("--compile-timeout", type=int, help="seconds for the torch.compile child (default 300; quick 150)")
+    parser.add_argument("--compile-timeout", type=int, help="seconds for the torch.compile child (default 400; quick 240)")
     parser.add_argument("--_compile-child", dest="compile_child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.batch = args.batch or (8 if args.quick else 32)
     args.runs = args.runs or (3 if args.quick else 5)
-    args.compile_timeout = args.compile_timeout or (150 if args.quick else 300)
+    args.compile_timeout = args.compile_timeout or (240 if args.quick else 400)
     if args.compile_child:
         compile_child(args.batch, args.runs, args.device, args.compile_child)
         return 0

@@ -588,18 +588,10 @@ def markdown_sections(results: dict) -> dict:
 
 def update_markdown(path: Path, sections: dict) -> None:
     """Replace (or append) only our `## ...` sections; everything else in the file is kept as is."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by the scripts in benchmarks/.\n"
-    for heading, body in sections.items():
-        block = f"{heading}\n\n<!-- written by benchmarks/run.py; edits here are overwritten -->\n\n{body}\n"
-        start = text.find(heading + "\n")
-        if start < 0:
-            text = text.rstrip("\n") + "\n\n" + block
-            continue
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + block + (text[end:] if end >= 0 else "")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results_md import write_sections
+
+    write_sections(path, sections, "benchmarks/run.py")
 
 
 def main(argv=None) -> int:

@@ -35,6 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
+from ..fileio import fsync_path
 from .factory import build_model, get_model_config
 
 WEIGHTS_NAME, CONFIG_NAME, VOCAB_NAME = "model.safetensors", "config.json", "vocab.txt"
@@ -54,16 +55,6 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems cannot fsync a directory; the rename order still holds
-        pass
-    finally:
-        os.close(fd)
 
 
 def _read_commit(directory: Path) -> dict | None:
@@ -89,9 +80,9 @@ def _finish_pending(directory: Path) -> None:
                 os.replace(staging / name, directory / name)
             elif name not in record["files"]:
                 (directory / name).unlink(missing_ok=True)
-        _fsync_path(directory)
+        fsync_path(directory)
         (directory / COMMIT_NAME).unlink()
-        _fsync_path(directory)
+        fsync_path(directory)
     for leftover in directory.glob(STAGING_PREFIX + "*"):
         shutil.rmtree(leftover, ignore_errors=True)
     for leftover in directory.glob(f".{COMMIT_NAME}.*.tmp"):
@@ -137,8 +128,8 @@ def save_checkpoint(model, directory: str | Path, extra: dict | None = None) -> 
         (staging / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
         files.append(CONFIG_NAME)
         for name in files:
-            _fsync_path(staging / name)
-        _fsync_path(staging)
+            fsync_path(staging / name)
+        fsync_path(staging)
         _atomic_write(directory / COMMIT_NAME,
                       lambda tmp: Path(tmp).write_text(json.dumps({"staging": staging.name, "files": files})))
     except BaseException as exc:
@@ -148,7 +139,7 @@ def save_checkpoint(model, directory: str | Path, extra: dict | None = None) -> 
                                   f"({type(exc).__name__}, errno {exc.errno}); the checkpoint previously there "
                                   "is unchanged. Free disk space or choose another directory.") from exc
         raise
-    _fsync_path(directory)
+    fsync_path(directory)
     _finish_pending(directory)
     return directory
 

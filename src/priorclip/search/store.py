@@ -27,6 +27,7 @@ from typing import BinaryIO
 import numpy as np
 
 from priorclip.errors import DataError
+from priorclip.fileio import fsync_path
 
 INDEX_JSON = "index.json"
 DB_NAME = "items.sqlite"
@@ -112,16 +113,6 @@ def write_faiss(index, fh: BinaryIO) -> None:
     faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems cannot fsync a directory; the renames are still ordered
-        pass
-    finally:
-        os.close(fd)
-
-
 def publish(directory: str | Path, files: dict[str, bytes | Callable[[BinaryIO], None]]) -> None:
     """Replace files of `directory` (name -> bytes, or a function writing into a binary file)
     all or none, as far as write errors go: every file is written and fsynced under a temporary
@@ -150,7 +141,7 @@ def publish(directory: str | Path, files: dict[str, bytes | Callable[[BinaryIO],
             tmp, path = staged[0]
             os.replace(tmp, path)
             staged.pop(0)
-        _fsync_dir(directory)
+        fsync_path(directory)
     finally:
         for tmp, _ in staged:
             Path(tmp).unlink(missing_ok=True)

@@ -16,22 +16,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from priorclip.errors import CheckpointError
+from priorclip.fileio import fsync_path
 
 PRIOR_WEIGHTS, PRIOR_HEAD, PRIOR_CONFIG = "prior.safetensors", "head.safetensors", "prior.json"
 TRAIN_STATE = "train_state.pt"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def publish_dir(tmp: Path, final: Path) -> None:
@@ -42,7 +30,7 @@ def publish_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_path(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -18,7 +18,6 @@ rasterio, cut into 256-px tiles (windowed reads). Target: ratio >= 0.9. Runs alt
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -151,10 +150,9 @@ def main(argv=None) -> int:
     print(markdown(res))
     if args.markdown:
         sys.path.insert(0, str(HERE))
-        from results_md import write_sections
+        from results_md import save_results
 
-        (HERE / "results_index.json").write_text(json.dumps(res, indent=2) + "\n")
-        write_sections(HERE / "RESULTS.md", {SECTION: markdown(res)}, "benchmarks/index_speed.py --markdown")
+        save_results("results_index.json", res, SECTION, markdown(res), "benchmarks/index_speed.py --markdown")
     return 0
 
 

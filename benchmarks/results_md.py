@@ -4,6 +4,7 @@ Written atomically (temp file + rename) so a reader never sees half a file.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 HEADER = "# Benchmark results\n\nWritten by the scripts in benchmarks/.\n"
@@ -24,3 +25,12 @@ def write_sections(path: str | Path, sections: dict[str, str], writer: str) -> N
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def save_results(json_name: str, results: dict, heading: str, body: str, writer: str) -> None:
+    """A script's figures as benchmarks/JSON_NAME (machine-readable) and its RESULTS.md section."""
+    here = Path(__file__).resolve().parent
+    tmp = here / f".{json_name}.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(here / json_name)
+    write_sections(here / "RESULTS.md", {heading: body}, writer)

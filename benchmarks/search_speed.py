@@ -22,7 +22,6 @@ approximate at 1M.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -174,10 +173,9 @@ def main(argv=None) -> int:
             run_size(args, n, data, rng, res["rows"])
     if args.markdown:
         sys.path.insert(0, str(HERE))
-        from results_md import write_sections
+        from results_md import save_results
 
-        (HERE / "results_search.json").write_text(json.dumps(res, indent=2) + "\n")
-        write_sections(HERE / "RESULTS.md", {SECTION: markdown(res)}, "benchmarks/search_speed.py --markdown")
+        save_results("results_search.json", res, SECTION, markdown(res), "benchmarks/search_speed.py --markdown")
     return 0
 
 

@@ -262,7 +262,7 @@ def measure_steps(spec: dict, work: Path) -> dict:
     for _ in range(spec["warmup"]):
         bench.step()
     secs = [bench.step() for _ in range(spec["steps"])]
-    peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
+    peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else max(_peak_rss_mb(), base_mb, _rss_mb())  # VmHWM is synced lazily: it can lag the RSS by a few pages
     b = bench.batch_size
     s = _median(secs)
     increment = max(0.0, peak_mb - base_mb)

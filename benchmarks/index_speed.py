@@ -58,19 +58,19 @@ def bare_encoder_seconds(encoder, tensors, batch_size: int) -> float:
 
 
 def decoded_inputs(paths: list[Path], encoder, tile: int) -> list:
-    """What the indexer would feed the model, decoded once up front (not timed)."""
-    from priorclip.search.sources import open_raster, plan_file, read_item
+    """What the indexer would feed the model, decoded once up front (not timed) by the indexer's
+    own per-item reader (`search.embed.ItemDataset`)."""
+    from priorclip.search.embed import ItemDataset
+    from priorclip.search.sources import plan_file
 
-    tensors = []
+    items = []
     for p in paths:
         plan = plan_file(str(p), tile, tile)
-        ds = open_raster(str(p)) if plan.kind == "scene" else None
-        for it in plan.items:
-            window = it["window"] if it["kind"] == "tile" else None  # as the store hands items to the indexer
-            tensors.append(encoder.transform(read_item(str(p), window, plan.stretch, ds=ds)))
-        if ds is not None:
-            ds.close()
-    return tensors
+        for it in plan.items:  # as the store hands items to the indexer: a window only for tiles
+            items.append({"id": len(items), "path": str(p), "window": it["window"] if it["kind"] == "tile" else None,
+                          "stretch": plan.stretch})
+    dataset = ItemDataset(items, encoder.transform)
+    return [dataset[i][1] for i in range(len(dataset))]
 
 
 def measure(name: str, paths: list[Path], encoder, args, work: Path) -> dict:

@@ -21,6 +21,7 @@ def test_demo_end_to_end_small(tmp_path, capsys):
     summary = run_demo(settings)
     out = capsys.readouterr().out
     assert "SYNTHETIC" in out and "chance level" in out
+    assert f"{summary['splits']['test']} test images only" in out  # the comparison is called noise
     demo = tmp_path / "demo"
     assert json.loads((demo / "demo_summary.json").read_text())["synthetic"] is True
     for run in ("prior", "priorclip", "baseline"):

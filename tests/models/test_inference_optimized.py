@@ -49,7 +49,7 @@ def test_optimized_model_gives_the_plain_embeddings(model_and_images):
             fast = model.encode_image(images, normalize=True)
         assert (fast - plain).abs().max().item() <= ATOL
     # the copy really differs from the plain prior: no BatchNorm left, convs in channels_last
-    fast_prior = model.__dict__.get("_inference_prior") or model.prior.__dict__["_inference"]
+    fast_prior = model.__dict__.get("_inference_prior") or model.prior.__dict__["_inference_prior"]
     copy = fast_prior.module()
     assert fast_prior.folded > 0 and not any(isinstance(m, nn.BatchNorm2d) for m in copy.modules())
     convs = [m for m in copy.modules() if isinstance(m, nn.Conv2d)]

@@ -126,7 +126,7 @@ class ClosedPriorCLIP(ClosedDualEncoder):
     @property
     def inference_optimized(self) -> bool:
         prior = getattr(self, "prior", None)
-        return isinstance(prior, PriorTower) and prior.__dict__.get("_inference") is not None
+        return isinstance(prior, PriorTower) and prior.inference_optimized
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         return self.embed_image_tokens(self.visual(images), self.prior(images))

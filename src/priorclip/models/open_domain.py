@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import ConfigError
 from .api import RetrievalModelAPI
 from .belief import SOFT_WEIGHTINGS, belief_scores, soft_belief
-from .inference import InferencePrior, use_inference_prior
+from .inference import InferencePriorMixin
 from .tokenizers import ClipTokenizer
 from .towers import freeze
 
@@ -65,10 +65,11 @@ class OpenCLIPBaseline(_OpenClipAPI, CLIP):
         self._init_api(config)
 
 
-class OpenPriorCLIP(OpenCLIPBaseline):
+class OpenPriorCLIP(InferencePriorMixin, OpenCLIPBaseline):
     """Open-domain PriorCLIP: CLIP ViT + ModifiedResNet prior giving one instruction token."""
 
     architecture = "open"
+    inference_prior_source = "res_visual"
 
     def __init__(self, config: dict):
         super().__init__(config)
@@ -100,28 +101,10 @@ class OpenPriorCLIP(OpenCLIPBaseline):
             self.res_visual.eval()
         return self
 
-    def optimize_for_inference(self, enabled: bool = True, *, fold_batchnorm: bool = True,
-                               channels_last: bool = True, compile: bool = False) -> OpenPriorCLIP:
-        """Run the prior through an inference copy (BatchNorm folded, channels_last) whenever no
-        gradient is wanted and the prior is in eval mode; ~1e-7 from the plain path, faster on
-        CPU (docs/PERFORMANCE.md). Parameters, state dict and training are unchanged.
-        `compile=True` also compiles the copy (inductor, freezing): faster still, but one compile
-        per batch size (see `InferencePrior`)."""
-        self._inference_prior = (InferencePrior(self.res_visual, fold=fold_batchnorm, channels_last=channels_last,
-                                                 compile=compile)
-                                 if enabled else None)
-        return self
-
-    @property
-    def inference_optimized(self) -> bool:
-        return self.__dict__.get("_inference_prior") is not None
-
     def prior_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, embed_dim): res_visual's output, via the inference copy when allowed."""
-        fast = self.__dict__.get("_inference_prior")
-        if use_inference_prior(fast, self.res_visual):
-            return fast(images)
-        return self.res_visual(images)
+        fast = self.inference_prior()
+        return fast(images) if fast is not None else self.res_visual(images)
 
     def instruction_token(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, width): the prior's instruction token (cacheable when frozen)."""

@@ -12,7 +12,7 @@ import timm
 import torch
 from torch import nn
 
-from .inference import InferencePrior, use_inference_prior
+from .inference import InferencePriorMixin
 
 
 def freeze(module: nn.Module, frozen: bool = True) -> None:
@@ -55,7 +55,9 @@ class VisionTokenTower(nn.Module):
         return n
 
 
-class PriorTower(nn.Module):
+class PriorTower(InferencePriorMixin, nn.Module):
+    inference_prior_source = "model"
+
     def __init__(self, backbone: str = "resnet50", frozen: bool = True, **backbone_kwargs):
         super().__init__()
         self.model = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="avg", **backbone_kwargs)
@@ -73,20 +75,10 @@ class PriorTower(nn.Module):
             self.model.eval()
         return self
 
-    def optimize_for_inference(self, enabled: bool = True, *, fold_batchnorm: bool = True,
-                               channels_last: bool = True, compile: bool = False) -> PriorTower:
-        """Use an inference copy (BatchNorm folded, channels_last; `compile=True`: also compiled)
-        when no gradient is wanted and the tower is in eval mode; parameters, state dict and
-        training are unchanged (see `priorclip.models.inference.InferencePrior`)."""
-        self._inference = (InferencePrior(self.model, fold=fold_batchnorm, channels_last=channels_last,
-                                          compile=compile)
-                           if enabled else None)
-        return self
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C) pooled prior feature."""
-        fast = self.__dict__.get("_inference")
-        if use_inference_prior(fast, self.model):  # checked before the no_grad below: a frozen
+        fast = self.inference_prior()
+        if fast is not None:  # checked before the no_grad below: a frozen
             return fast(images)                   # tower in training keeps the plain path
         if self.frozen:
             with torch.no_grad():

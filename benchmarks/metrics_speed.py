@@ -18,21 +18,29 @@ import time
 import numpy as np
 import torch
 
-from priorclip.evaluation.metrics import TIE_RULES, format_recall_table, recall_metrics, recall_report
+from priorclip.evaluation.metrics import (TIE_RULES, format_recall_table, recall_metrics, recall_report,
+                                          similarity_matrix)
 
 
-def make_scores(seed: int = 0, n_images: int = 1093, per_image: int = 5, dim: int = 64, shared: float = 0.12):
+def make_embeddings(seed: int = 0, n_images: int = 1093, per_image: int = 5, dim: int = 64, shared: float = 0.12):
+    """Unit image and caption embeddings (captions = their image's + noise) and each caption's
+    image; `shared` of the captions are copies of other captions, as identical captions get
+    identical embeddings (and scores)."""
     rng = np.random.default_rng(seed)
     t2i = np.repeat(np.arange(n_images), per_image)
     img = rng.standard_normal((n_images, dim)).astype(np.float32)
     txt = img[t2i] + 4 * rng.standard_normal((len(t2i), dim)).astype(np.float32)
     img /= np.linalg.norm(img, axis=1, keepdims=True)
     txt /= np.linalg.norm(txt, axis=1, keepdims=True)
-    scores = img @ txt.T
     n_dup = int(shared * len(t2i))
     dst = rng.choice(len(t2i), n_dup, replace=False)
-    scores[:, dst] = scores[:, rng.choice(len(t2i), n_dup)]
-    return scores, t2i
+    txt[dst] = txt[rng.choice(len(t2i), n_dup)]
+    return img, txt, t2i
+
+
+def make_scores(seed: int = 0, n_images: int = 1093, per_image: int = 5, dim: int = 64, shared: float = 0.12):
+    img, txt, t2i = make_embeddings(seed, n_images, per_image, dim, shared)
+    return similarity_matrix(img, txt), t2i
 
 
 def clip_benchmark_recall(scores: np.ndarray, t2i: np.ndarray, ks=(1, 5, 10), batch_size: int = 64) -> dict:

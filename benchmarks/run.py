@@ -1,9 +1,11 @@
 """PriorCLIP performance suite: encoding throughput against the strongest alternative, FLOPs,
-inference speed-ups, torch.compile and ONNX Runtime.
+inference speed-ups, torch.compile, ONNX Runtime and evaluation from cached embeddings, in this
+process; training step time, memory and DDP scaling (train_speed.py), search latency
+(search_speed.py) and index build throughput (index_speed.py) as child scripts.
 
-    .venv/bin/python benchmarks/run.py            # throughput: batch 32, median of 5 runs
-    .venv/bin/python benchmarks/run.py --quick    # throughput: batch 8, median of 3 runs
-    .venv/bin/python benchmarks/run.py --only throughput onnx
+    .venv/bin/python benchmarks/run.py            # everything: about an hour on 2 idle cores
+    .venv/bin/python benchmarks/run.py --quick    # throughput batch 8 x 3 runs, children in their quick modes
+    .venv/bin/python benchmarks/run.py --only throughput onnx evaluation
 
 Speed-ups, torch.compile and ONNX Runtime use --aux-batch 8 and --aux-runs 3 in both modes.
     .venv/bin/python benchmarks/run.py --device cuda --out /tmp/results.json
@@ -18,8 +20,10 @@ also timed with it off, in the same runs. FLOPs are counted, not estimated, with
 batch 1 (attention through the math kernel and nn.MultiheadAttention's fused fast path off, so
 that every matmul is seen).
 
-Writes --out (JSON: the machine, versions, every figure) and the sections "## Encoding throughput
-and FLOPs" and "## Export" of benchmarks/RESULTS.md (other sections of that file are left alone).
+Writes --out (JSON: the machine, versions, every figure; a child script's figures under its part's
+name, copied from the JSON it writes, or from its last run when it was not run now) and the
+sections "## Encoding throughput and FLOPs", "## Export" and "## Evaluation from cached
+embeddings" of benchmarks/RESULTS.md; each child script writes its own section.
 docs/PERFORMANCE.md explains each figure.
 """
 from __future__ import annotations
@@ -43,6 +47,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "benchmarks"  # the child scripts and the JSON files they write
 CAPTIONS = [
     "many buildings and some green trees are around a playground",
     "an airport with several planes parked next to the terminal",
@@ -54,6 +59,9 @@ CAPTIONS = [
     "a large parking lot full of cars beside a stadium",
 ]
 SLOW_FACTOR = 4  # an inference option this many times slower than the baseline is timed once
+IN_PROCESS_PARTS = ("throughput", "speedups", "compile", "onnx", "evaluation")
+SECTION_PARTS = {"## Encoding throughput and FLOPs": {"throughput", "speedups", "compile"}, "## Export": {"onnx"},
+                 "## Evaluation from cached embeddings": {"evaluation"}}
 TARGET_EFFICIENCY = 0.9  # open-domain image throughput ratio must reach 0.9 x its FLOP-bound ratio
 PLAIN_SUFFIX = "(optimize_for_inference off)"
 OPTIMIZED = "optimize_for_inference (prior folded + channels_last)"
@@ -417,6 +425,79 @@ def compile_section(args, results: dict) -> None:
         log(f"  {entry['status']}: {entry.get('error', '')}")
 
 
+# ---- evaluation from cached embeddings ------------------------------------------------------------------
+
+METRIC_TARGET_S = 0.5  # metric computation on the RSICD-sized test set
+
+
+def evaluation_section(args, results: dict) -> None:
+    """What `priorclip evaluate` does once the embeddings exist (RSICD test size: 1,093 images,
+    5,465 captions, 12 % of them shared): scores, then every tie rule and the tie statistics.
+    The alternative is clip_benchmark's recall on the same score matrix (timed once: ~10 s)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from metrics_speed import clip_benchmark_recall, make_embeddings
+
+    from priorclip.evaluation.metrics import (
+        recall_metrics,
+        recall_report,
+        similarity_matrix,
+    )
+
+    img, txt, t2i = make_embeddings(dim=512)
+    img_t, txt_t = torch.from_numpy(img), torch.from_numpy(txt)
+    scores = similarity_matrix(img_t, txt_t).numpy()
+    log(f"[evaluation] {len(img)} images x {len(txt)} captions, embed 512, median of {args.runs}")
+    fns = {"evaluation from cached embeddings (scores + recall_report)":
+               lambda: recall_report(similarity_matrix(img_t, txt_t).numpy(), t2i),
+           "scores alone (similarity_matrix)": lambda: similarity_matrix(img_t, txt_t),
+           "metrics alone (recall_metrics, ties=expected)": lambda: recall_metrics(scores, t2i),
+           "metrics alone, every tie rule + tie statistics (recall_report)": lambda: recall_report(scores, t2i)}
+    timed = interleaved(fns, args.runs)
+    entry = {"n_images": len(img), "n_texts": len(txt), "dim": 512, "runs": args.runs,
+             "seconds": {name: t["median_s"] for name, t in timed.items()}}
+    try:
+        t0 = time.perf_counter()
+        clip_benchmark_recall(scores, t2i)
+        entry["clip_benchmark_recall_s"] = time.perf_counter() - t0
+    except ImportError as exc:
+        entry["clip_benchmark_recall_s"] = None
+        log(f"  clip_benchmark not installed ({exc}); no alternative timed")
+    metric_s = entry["seconds"]["metrics alone, every tie rule + tie statistics (recall_report)"]
+    entry["target"] = {"metric_s": metric_s, "limit_s": METRIC_TARGET_S, "met": metric_s < METRIC_TARGET_S}
+    results["evaluation"] = entry
+    for name, sec in entry["seconds"].items():
+        log(f"  {name}: {1000 * sec:.0f} ms")
+    if entry["clip_benchmark_recall_s"]:
+        log(f"  clip_benchmark recall: {entry['clip_benchmark_recall_s']:.1f} s")
+
+
+# ---- the other benchmark scripts, run as children ---------------------------------------------------------
+
+#: part -> (script, JSON it writes, extra arguments in --quick mode); each child also writes its own
+#: RESULTS.md section, and its JSON is copied into results.json under the part's name.
+CHILD_SCRIPTS = {
+    "training": ("train_speed.py", "results_train.json", ["--quick"]),
+    "search": ("search_speed.py", "results_search.json", ["--sizes", "100000"]),
+    "index": ("index_speed.py", "results_index.json", ["--images", "64", "--scene-side", "2048", "--runs", "1"]),
+}
+
+
+def child_section(part: str, args, results: dict) -> None:
+    script, json_name, quick_args = CHILD_SCRIPTS[part]
+    cmd = [sys.executable, str(BENCH_DIR / script), "--markdown"]
+    if args.quick:
+        cmd += quick_args
+    if part == "training" and args.device != "cpu":
+        cmd += ["--device", args.device]
+    log(f"[{part}] {' '.join(cmd[1:])}")
+    proc = subprocess.run(cmd, cwd=ROOT, check=False)
+    if proc.returncode != 0:
+        results[part] = {"status": "failed", "returncode": proc.returncode, "script": script}
+        log(f"  {script} failed (exit {proc.returncode}); its earlier figures are not copied")
+        return
+    results[part] = {"status": "ok", "script": script, **json.loads((BENCH_DIR / json_name).read_text())}
+
+
 # ---- ONNX Runtime ---------------------------------------------------------------------------------------
 
 def onnx_section(args, results: dict) -> None:
@@ -476,20 +557,26 @@ def _f(x: float, digits: int = 2) -> str:
 
 def markdown_sections(results: dict) -> dict:
     m = results["machine"]
-    machine = (f"Machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['torch_threads']} torch threads), "
-               f"torch {m['torch']}, open_clip {m['open_clip']}"
-               + (f", onnxruntime {m['onnxruntime']}" if "onnxruntime" in m else "")
-               + f"; device {results['settings']['device']}; load average {m['load_average_start'][0]:.2f} at start, "
-                 f"{m['load_average_end'][0]:.2f} at end; {results['settings']['mode']} run, {results['date']}.")
     loads = results.get("load_average_1min", {})
+
+    def machine(key):
+        """The machine line of a section: its part's own date and settings (a later `--only` run of
+        other parts leaves them as they were measured)."""
+        part = loads.get(key, {})
+        settings = part.get("settings", results["settings"])
+        return (f"Machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['torch_threads']} torch threads), "
+                f"torch {m['torch']}, open_clip {m['open_clip']}"
+                + (f", onnxruntime {m['onnxruntime']}" if "onnxruntime" in m else "")
+                + f"; device {settings['device']}; {settings['mode']} run, {part.get('date', results['date'])}.")
 
     def load_note(*keys):
         parts = [f"{k} {loads[k]['start']:.1f}-{loads[k]['end']:.1f}" for k in keys if k in loads]
         return ("1-minute load average (start-end) while measuring: " + ", ".join(parts) + ".") if parts else ""
+    tp_settings = loads.get("throughput", {}).get("settings", results["settings"])
     out = {}
-    lines = [machine, load_note("throughput", "speedups", "torch_compile"), "",
+    lines = [machine("throughput"), load_note("throughput", "speedups", "torch_compile"), "",
              "Random weights, same inputs for every model, `torch.inference_mode`, median of "
-             f"{results['settings']['runs']} interleaved runs after a warm-up, batch {results['settings']['batch']}. "
+             f"{tp_settings['runs']} interleaved runs after a warm-up, batch {tp_settings['batch']}. "
              "Ratio = PriorCLIP items/s / alternative items/s; FLOP-bound = FLOPs(alternative) / FLOPs(PriorCLIP), "
              "counted with FlopCounterMode at batch 1; efficiency = ratio / FLOP-bound.", "",
              "| figure | model | items/s | GFLOP/item | ratio | FLOP-bound | efficiency |",
@@ -566,7 +653,7 @@ def markdown_sections(results: dict) -> dict:
 
     ox = results.get("onnx")
     if ox:
-        lines = [machine, load_note("onnx"), ""]
+        lines = [machine("onnx"), load_note("onnx"), ""]
         if ox["status"] != "ok":
             lines.append(f"ONNX Runtime: {ox['status']} ({ox.get('error', '')}).")
         else:
@@ -583,6 +670,23 @@ def markdown_sections(results: dict) -> dict:
                                  f"| {_f(v['pytorch']['items_per_s'], 1)} | {_f(v['onnxruntime']['items_per_s'], 1)} "
                                  f"| {_f(v['speedup'])} |")
         out["## Export"] = "\n".join(lines)
+
+    ev = results.get("evaluation")
+    if ev:
+        cb = ev.get("clip_benchmark_recall_s")
+        report_s = ev["seconds"]["metrics alone, every tie rule + tie statistics (recall_report)"]
+        lines = [machine("evaluation"), load_note("evaluation"), "",
+                 f"RSICD test size: {ev['n_images']:,} images x {ev['n_texts']:,} captions, cached float32 embeddings "
+                 f"(width {ev['dim']}, 12 % of the captions shared), median of {ev['runs']} interleaved runs. "
+                 f"Target: metric computation under {ev['target']['limit_s']} s "
+                 f"({'met' if ev['target']['met'] else 'NOT met'}).", "",
+                 "| step | ms |", "|---|---:|"]
+        lines += [f"| {name} | {1000 * sec:.0f} |" for name, sec in ev["seconds"].items()]
+        if cb:
+            lines += [f"| clip_benchmark's recall (R@1/5/10, one rule) on the same scores, timed once | {1000 * cb:.0f} |",
+                      "", f"recall_report (every tie rule + tie statistics) takes {report_s / cb:.3f} of clip_benchmark's "
+                          f"time (x{cb / report_s:.0f} faster)."]
+        out["## Evaluation from cached embeddings"] = "\n".join(lines)
     return out
 
 
@@ -607,9 +711,11 @@ def main(argv=None) -> int:
     parser.add_argument("--aux-batch", type=int, default=8,
                         help="batch of the speed-up, torch.compile and ONNX figures (default 8)")
     parser.add_argument("--aux-runs", type=int, default=3, help="timed runs of those figures (default 3)")
-    parser.add_argument("--only", nargs="+", choices=["throughput", "speedups", "compile", "onnx"],
-                        help="run only these parts (default: all)")
+    parser.add_argument("--only", nargs="+", choices=[*IN_PROCESS_PARTS, *CHILD_SCRIPTS],
+                        help="run only these parts (default: all); the others keep their figures from the last run")
     parser.add_argument("--compile-timeout", type=int, help="seconds for the torch.compile child (default 400; quick 240)")
+    parser.add_argument("--render", metavar="JSON", help="measure nothing: rewrite this script's RESULTS.md "
+                        "sections from a results JSON (e.g. benchmarks/results.json)")
     parser.add_argument("--_compile-child", dest="compile_child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.batch = args.batch or (8 if args.quick else 32)
@@ -617,6 +723,11 @@ def main(argv=None) -> int:
     args.compile_timeout = args.compile_timeout or (240 if args.quick else 400)
     if args.compile_child:
         compile_child(args.batch, args.runs, args.device, args.compile_child)
+        return 0
+    if args.render:  # no measuring: rewrite our RESULTS.md sections from a results JSON
+        update_markdown(Path(args.markdown or ROOT / "benchmarks" / "RESULTS.md"),
+                        markdown_sections(json.loads(Path(args.render).read_text())))
+        log(f"rendered {args.render} into {args.markdown}")
         return 0
 
     started = time.perf_counter()
@@ -627,24 +738,38 @@ def main(argv=None) -> int:
                "settings": {"mode": "quick" if args.quick else "default", "device": args.device,
                             "batch": args.batch, "runs": args.runs, "aux_batch": args.aux_batch,
                             "aux_runs": args.aux_runs}}
-    parts = args.only or ["throughput", "speedups", "compile", "onnx"]
+    parts = args.only or [*IN_PROCESS_PARTS, *CHILD_SCRIPTS]
     sections = {"throughput": (throughput_section, "throughput"), "speedups": (speedup_section, "speedups"),
-                "compile": (compile_section, "torch_compile"), "onnx": (onnx_section, "onnx")}
+                "compile": (compile_section, "torch_compile"), "onnx": (onnx_section, "onnx"),
+                "evaluation": (evaluation_section, "evaluation")}
     loads = results.setdefault("load_average_1min", {})
     for part in parts:
-        fn, key = sections[part]
-        before, t0 = os.getloadavg()[0], time.perf_counter()
+        if part in CHILD_SCRIPTS:
+            fn, key = (lambda a, r, part=part: child_section(part, a, r)), part
+        else:
+            fn, key = sections[part]
+        before, t0, date = os.getloadavg()[0], time.perf_counter(), time.strftime("%Y-%m-%d %H:%M")
         fn(args, results)
-        loads[key] = {"start": before, "end": os.getloadavg()[0], "wall_s": time.perf_counter() - t0}
+        loads[key] = {"start": before, "end": os.getloadavg()[0], "wall_s": time.perf_counter() - t0,
+                      "date": date, "settings": dict(results["settings"])}
+    for part, (_, json_name, _) in CHILD_SCRIPTS.items():  # figures of scripts not run now: their last run's
+        path = BENCH_DIR / json_name
+        if part not in parts and path.is_file():
+            results[part] = {"status": "from an earlier run", "script": CHILD_SCRIPTS[part][0],
+                             **json.loads(path.read_text())}
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["total_s"] = time.perf_counter() - started
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(out)  # atomic: a reader never sees half a file
     log(f"wrote {out} ({results['total_s']:.0f} s)")
     if args.markdown:
-        update_markdown(Path(args.markdown), markdown_sections(results))
+        ran = set(parts)  # rewrite only the sections of parts measured now
+        update_markdown(Path(args.markdown), {heading: body for heading, body in markdown_sections(results).items()
+                                              if ran & SECTION_PARTS[heading]})
         log(f"updated {args.markdown}")
     target = results.get("throughput", {}).get("target")
     if target:

@@ -467,13 +467,33 @@ def measure_cache(spec: dict, work: Path, flops: bool = True) -> dict:
 
 # ---- report ---------------------------------------------------------------------------------
 
-def _load_note(load: float) -> str:
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """Cores kept busy by all processes over the next `seconds` (from /proc/stat; None elsewhere).
+    Unlike the 1-minute load average, it does not still count a job that ended a minute ago."""
+    def sample():
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
+def _load_note(load: float, busy: float | None) -> str:
     """Say so when other work was running: contended cores distort absolute times (and a process with
     several OpenMP threads loses more to it than single-threaded ones)."""
-    if load < 0.5:
-        return "The machine was otherwise idle at the start."
-    return (f"Other work was running (1-minute load average {load:.1f} on {os.cpu_count()} cores before the run): "
-            "absolute times are distorted, compare ratios measured in the same process.")
+    if (busy if busy is not None else load) < 0.5:
+        return ("The machine was otherwise idle at the start"
+                + (f" ({busy:.2f} cores busy over 1 s; the 1-minute load average, {load:.1f}, still counted work "
+                   "that had just ended)." if busy is not None and load >= 0.5 else "."))
+    busy_note = f"{busy:.1f} cores busy over 1 s, " if busy is not None else ""
+    return (f"Other work was running ({busy_note}1-minute load average {load:.1f} on {os.cpu_count()} cores before "
+            "the run): absolute times are distorted, compare ratios measured in the same process.")
 
 
 def markdown(res: dict) -> str:
@@ -591,13 +611,15 @@ def main(argv=None) -> int:
     only = set(args.only or ("steps", "ddp", "cache"))
     torch.set_num_threads(threads)
     t_start = time.time()
+    busy = busy_cores()
     res = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
            "device": args.device, "threads": threads, "mode": "quick" if q else "default",
            "loadavg_start": list(os.getloadavg()),
            "settings": {"batch": batch, "steps": steps, "warmup": warmup, "ddp_rounds": rounds, "open_batch": open_batch,
                         "precision": args.precision},
-           "note": _load_note(os.getloadavg()[0]),
+           "busy_cores_start": busy,
+           "note": _load_note(os.getloadavg()[0], busy),
            "memory_method": ("CUDA: max_memory_allocated during the steps minus memory_allocated after building, "
                              "per sample." if args.device.startswith("cuda") else
                              "peak RSS during the steps (VmHWM, reset via /proc/self/clear_refs after building) minus "

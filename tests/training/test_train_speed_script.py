@@ -92,3 +92,12 @@ def test_child_results_are_parsed_and_failures_reported(ts):
     with pytest.raises(RuntimeError, match="boom"):
         ts._collect([bad], timeout=60)
     assert json.loads(json.dumps(ts._child_env(3, {"RANK": "1"})))["OMP_NUM_THREADS"] == "3"
+
+
+def test_load_note_trusts_current_cpu_use_over_the_lagging_load_average(ts):
+    busy = ts.busy_cores(0.2)
+    assert busy is None or 0.0 <= busy <= (__import__("os").cpu_count() or 1) + 1e-6
+    # a job that just ended still holds the 1-minute load average up: not "other work"
+    assert ts._load_note(1.6, 0.1).startswith("The machine was otherwise idle")
+    assert ts._load_note(1.6, 1.7).startswith("Other work was running (1.7 cores busy")
+    assert ts._load_note(1.6, None).startswith("Other work was running (1-minute load average 1.6")

@@ -55,3 +55,30 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
         assert torch.allclose(final[k], expected[k], rtol=0, atol=1e-6), k
     events = [r["event"] for r in read_log(run)]
     assert "resume" in events and events[-1] == "end"
+
+
+def test_a_run_directory_reruns_with_one_command(tiny_dataset, tmp_path):
+    """`priorclip train RUN/config.yaml --out NEW` (the saved, resolved recipe) repeats the run:
+    the same weights and the same test report, with augmentation and 2 DataLoader workers on."""
+    import json
+
+    import priorclip.models as pm
+    from priorclip.data.karpathy import KarpathyCaptions
+
+    vocab = pm.train_wordpiece(KarpathyCaptions(tiny_dataset).all_captions, vocab_size=200).save(tmp_path / "vocab.txt")
+    recipe = base_recipe(tiny_dataset, epochs=1, vocab=str(vocab), workers=2,
+                         data={"path": str(tiny_dataset), "labels": "prefix", "augment": True})
+    first = train(recipe_from_dict(recipe), out_dir=tmp_path / "first")
+    again = tmp_path / "again"
+    proc = subprocess.run([sys.executable, "-m", "priorclip.cli.main", "train", str(first / "config.yaml"),
+                           "--out", str(again)], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a = load_file(str(first / "checkpoints" / "last" / "model.safetensors"))
+    b = load_file(str(again / "checkpoints" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), k
+    report_a = json.loads((first / "test_last.json").read_text())["expected"]
+    report_b = json.loads((again / "test_last.json").read_text())["expected"]
+    assert report_a == report_b
+    assert [r["loss"] for r in read_log(first) if "loss" in r] == [r["loss"] for r in read_log(again) if "loss" in r]

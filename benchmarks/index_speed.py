@@ -124,6 +124,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="as `priorclip index` (default)")
     ap.add_argument("--runs", type=int, default=2, help="alternating runs of each (default 2)")
     ap.add_argument("--markdown", action="store_true", help="write results_index.json and the RESULTS.md section")
+    ap.add_argument("--results", default=None, help="markdown file for the section (default benchmarks/RESULTS.md; "
+                                                    "'' for the JSON only)")
     args = ap.parse_args(argv)
 
     import torch
@@ -152,7 +154,8 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(HERE))
         from results_md import save_results
 
-        save_results("results_index.json", res, SECTION, markdown(res), "benchmarks/index_speed.py --markdown")
+        save_results("results_index.json", res, SECTION, markdown(res), "benchmarks/index_speed.py --markdown",
+                     markdown=args.results)
     return 0
 
 

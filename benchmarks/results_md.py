@@ -27,10 +27,13 @@ def write_sections(path: str | Path, sections: dict[str, str], writer: str) -> N
     tmp.replace(path)
 
 
-def save_results(json_name: str, results: dict, heading: str, body: str, writer: str) -> None:
-    """A script's figures as benchmarks/JSON_NAME (machine-readable) and its RESULTS.md section."""
+def save_results(json_name: str, results: dict, heading: str, body: str, writer: str,
+                 markdown: str | Path | None = None) -> None:
+    """A script's figures as benchmarks/JSON_NAME (machine-readable) and its section of `markdown`
+    (default benchmarks/RESULTS.md; "" writes the JSON only)."""
     here = Path(__file__).resolve().parent
     tmp = here / f".{json_name}.tmp"
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     tmp.replace(here / json_name)
-    write_sections(here / "RESULTS.md", {heading: body}, writer)
+    if markdown != "":
+        write_sections(here / "RESULTS.md" if markdown is None else markdown, {heading: body}, writer)

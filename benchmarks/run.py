@@ -489,7 +489,10 @@ CHILD_SCRIPTS = {
 
 def child_section(part: str, args, results: dict) -> None:
     script, json_name, quick_args = CHILD_SCRIPTS[part]
-    cmd = [sys.executable, str(BENCH_DIR / script), "--markdown"]
+    # search/index write their JSON only with --markdown; train_speed always writes its JSON
+    cmd = [sys.executable, str(BENCH_DIR / script)]
+    if part != "training" or args.markdown:
+        cmd += ["--markdown", "--results", str(args.markdown)]
     if args.quick:
         cmd += quick_args
     if part == "training" and args.device != "cpu":

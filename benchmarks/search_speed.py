@@ -157,6 +157,8 @@ def main(argv=None) -> int:
                    help="HNSW build effort (the indexer uses 80; 40 keeps this run short)")
     p.add_argument("--markdown", action="store_true",
                    help="write benchmarks/results_search.json and the RESULTS.md section")
+    p.add_argument("--results", default=None, help="markdown file for the section (default benchmarks/RESULTS.md; "
+                                                   "'' for the JSON only)")
     args = p.parse_args(argv)
 
     import faiss
@@ -175,7 +177,8 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(HERE))
         from results_md import save_results
 
-        save_results("results_search.json", res, SECTION, markdown(res), "benchmarks/search_speed.py --markdown")
+        save_results("results_search.json", res, SECTION, markdown(res), "benchmarks/search_speed.py --markdown",
+                     markdown=args.results)
     return 0
 
 

@@ -671,7 +671,9 @@ def main(argv=None) -> int:
                     print("  " + explain_cache(c), flush=True)
     res["loadavg_end"] = list(os.getloadavg())
     res["total_s"] = round(time.time() - t_start, 1)
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
+    tmp.write_text(json.dumps(res, indent=2) + "\n")
+    tmp.replace(args.out)  # atomic: run.py (or a reader) never sees half a file
     print(f"wrote {args.out} ({res['total_s']:.0f} s)")
     if args.markdown:
         sys.path.insert(0, str(HERE))

@@ -62,7 +62,7 @@ def test_evaluation_part_and_its_section(suite, fast_clip_benchmark, tmp_path):
 def _fake_child(directory: Path, name: str, json_name: str, code: str) -> None:
     (directory / name).write_text(
         "import json, sys, pathlib\n"
-        f"assert sys.argv[1:2] == ['--markdown'], sys.argv\n{code}\n"
+        f"assert sys.argv[1:4] == ['--markdown', '--results', 'R.md'], sys.argv\n{code}\n"
         f"pathlib.Path(__file__).with_name({json_name!r}).write_text(json.dumps({{'date': 'now', 'rows': [1, 2]}}))\n")
 
 
@@ -80,8 +80,9 @@ def test_child_scripts_figures_are_merged(suite, fast_clip_benchmark, tmp_path, 
     assert merged["old"] == {"status": "from an earlier run", "script": "old.py", "date": "yesterday", "p50_ms": 7.0}
     assert "good" not in merged and "evaluation" in merged  # no JSON yet, not run: nothing to copy
     results = {}
-    suite.child_section("good", type("Args", (), {"quick": False, "device": "cpu"})(), results)
+    child_args = type("Args", (), {"quick": False, "device": "cpu", "markdown": "R.md"})()
+    suite.child_section("good", child_args, results)
     assert results["good"] == {"status": "ok", "script": "good.py", "date": "now", "rows": [1, 2]}
-    suite.child_section("bad", type("Args", (), {"quick": False, "device": "cpu"})(), results)
+    suite.child_section("bad", child_args, results)
     assert results["bad"] == {"status": "failed", "returncode": 3, "script": "bad.py"}
     assert "## Evaluation from cached embeddings" in (tmp_path / "R.md").read_text()

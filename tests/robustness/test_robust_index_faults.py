@@ -411,3 +411,44 @@ def test_real_disk_full_on_a_small_tmpfs(tmp_path, when, free):
     assert res["unchanged"] and res["tmp"] == [], res
     assert res["loaded"] == 20 and res["hits"] == 20, res  # the old index, whole
     assert res["rerun"] == 0 and res["final"] == 315, res
+
+
+# ---------------------------------------------------------------------------------------------
+# interrupted after files were removed or changed
+# ---------------------------------------------------------------------------------------------
+
+def test_old_index_still_gives_k_hits_after_an_interrupted_run_removed_and_changed_files(
+        tmp_path, stub_encoder, monkeypatch):
+    """A re-index deletes removed and changed files' items from SQLite at its start, but publishes
+    the new FAISS file only at its end: killed in between, the old FAISS file holds vectors whose
+    items are gone. Queries skip those and look further, so they still return k hits."""
+    from priorclip.search import index as index_mod
+
+    folder, out = tmp_path / "archive", tmp_path / "idx"
+    _images(folder, 0, OLD)
+    _build(folder, out, stub_encoder)
+    for i in range(4):  # removed
+        (folder / f"{i:04d}.png").unlink()
+    _images(folder, 100, 102)  # two other pictures ...
+    for i, j in ((4, 100), (5, 101)):  # ... replace two files (same names, new contents)
+        (folder / f"{j:04d}.png").replace(folder / f"{i:04d}.png")
+    unchanged = {str((folder / f"{i:04d}.png").resolve()) for i in range(6, OLD)}
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt  # the run stops before anything is published
+    monkeypatch.setattr(index_mod, "_publish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _build(folder, out, stub_encoder)
+    monkeypatch.undo()
+
+    idx = SearchIndex(out, encoder=stub_encoder)
+    assert len(idx) == OLD  # the old FAISS file, with 6 vectors whose items were deleted
+    for text in ("a parking lot", "dense forest", "green fields near a river"):
+        every = idx.search_text(text, k=OLD)
+        assert {h["path"] for h in every} == unchanged  # only live items, each once
+        for k in (1, 3, len(unchanged)):
+            hits = idx.search_text(text, k=k)
+            assert [h["id"] for h in hits] == [h["id"] for h in every[:k]]
+            assert [h["rank"] for h in hits] == list(range(1, k + 1))
+    _build(folder, out, stub_encoder)  # the rerun finishes the job
+    assert len(SearchIndex(out, encoder=stub_encoder)) == OLD - 4

@@ -69,17 +69,21 @@ class SearchIndex:
         if not 1 <= int(k) <= MAX_K:
             raise ConfigError(f"k={k}: must be between 1 and {MAX_K}")
         q = np.ascontiguousarray(np.asarray(vector, np.float32).reshape(1, self.dim))
-        extra = 1 if exclude is not None else 0
-        scores, ids = self.ann.search(q, min(int(k) + extra, max(len(self), 1)))
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0 and i != exclude][:int(k)]
-        meta = self.store.items([i for i, _ in pairs])
-        hits = []
-        for rank, (i, s) in enumerate(pairs, 1):
-            item = meta.get(i)
-            if item is None:  # vector without metadata cannot happen in a consistent index
-                continue
-            hits.append({"rank": rank, "score": round(s, 6), **_public_item(item)})
-        return hits
+        k, total = int(k), max(len(self), 1)
+        fetch = min(k + (1 if exclude is not None else 0), total)
+        while True:
+            scores, ids = self.ann.search(q, fetch)
+            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0 and i != exclude]
+            meta = self.store.items([i for i, _ in pairs])
+            # A vector whose item is gone: a re-index that removed or changed files was interrupted
+            # before it published the new FAISS file (the old one is still served). Skip it and
+            # look further, so the caller still gets k live hits.
+            live = [(i, s) for i, s in pairs if i in meta]
+            if len(live) >= k or fetch >= total:
+                break
+            fetch = min(total, 2 * fetch + (len(pairs) - len(live)))
+        return [{"rank": rank, "score": round(s, 6), **_public_item(meta[i])}
+                for rank, (i, s) in enumerate(live[:k], 1)]
 
     def search_text(self, text: str, k: int = 10) -> list[dict]:
         text = (text or "").strip()

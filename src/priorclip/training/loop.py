@@ -371,7 +371,9 @@ class _Logger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except Exception:  # tensorboard missing or broken: the JSONL log is the record
+            except Exception as exc:  # noqa: BLE001 - tensorboard missing or broken: the JSONL log is the record
+                print(f"priorclip train: TensorBoard logging off ({type(exc).__name__}: {exc}); "
+                      f"metrics still go to {run_dir / 'log.jsonl'}", file=sys.stderr)
                 self.tb = None
 
     def write(self, record: dict) -> None:

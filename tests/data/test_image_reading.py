@@ -171,7 +171,8 @@ def test_bad_files_raise_dataerror_naming_path(tmp_path, kind):
     with pytest.raises(err, match=msg) as info:
         load_image(p)
     assert str(p) in str(info.value)
-    assert info.value.__suppress_context__ or info.value.__cause__ is None  # no chained PIL traceback
+    # no chained PIL traceback: neither an explicit cause nor a shown implicit context
+    assert info.value.__cause__ is None and (info.value.__suppress_context__ or info.value.__context__ is None)
     report = BadFileReport()
     assert safe_load_image(p, report) is None
     assert report.paths == [str(p)] and report.entries[0].reason

@@ -25,7 +25,8 @@ def test_convert_released_open_checkpoint_and_export(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "rel.pt"), "--kind", "open", "--config", "priorclip-open-small",
                  "--allow-pickle", "--out", str(tmp_path / "c")]) == 0
     loaded = load_checkpoint(tmp_path / "c")
-    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), loaded.state_dict().values()))
+    want, got = src.state_dict(), loaded.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(want[k], got[k]) for k in want)
     assert main(["convert", str(tmp_path / "c"), "--open-clip-state-dict", "--out", str(tmp_path / "oc.safetensors")]) == 0
     assert set(load_file(str(tmp_path / "oc.safetensors"))) == set(src.state_dict())
 

@@ -27,13 +27,20 @@ def write_sections(path: str | Path, sections: dict[str, str], writer: str) -> N
     tmp.replace(path)
 
 
+def write_json(path: str | Path, obj) -> None:
+    """`obj` as indented JSON at `path`, atomically (temp file + rename): a reader (run.py merging a
+    child's figures) never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def save_results(json_name: str, results: dict, heading: str, body: str, writer: str,
                  markdown: str | Path | None = None) -> None:
     """A script's figures as benchmarks/JSON_NAME (machine-readable) and its section of `markdown`
     (default benchmarks/RESULTS.md; "" writes the JSON only)."""
     here = Path(__file__).resolve().parent
-    tmp = here / f".{json_name}.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(here / json_name)
+    write_json(here / json_name, results)
     if markdown != "":
         write_sections(here / "RESULTS.md" if markdown is None else markdown, {heading: body}, writer)

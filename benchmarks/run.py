@@ -59,7 +59,6 @@ CAPTIONS = [
     "a large parking lot full of cars beside a stadium",
 ]
 SLOW_FACTOR = 4  # an inference option this many times slower than the baseline is timed once
-IN_PROCESS_PARTS = ("throughput", "speedups", "compile", "onnx", "evaluation")
 SECTION_PARTS = {"## Encoding throughput and FLOPs": {"throughput", "speedups", "compile"}, "## Export": {"onnx"},
                  "## Evaluation from cached embeddings": {"evaluation"}}
 TARGET_EFFICIENCY = 0.9  # open-domain image throughput ratio must reach 0.9 x its FLOP-bound ratio
@@ -438,7 +437,8 @@ METRIC_TARGET_S = 0.5  # metric computation on the RSICD-sized test set
 def evaluation_section(args, results: dict) -> None:
     """What `priorclip evaluate` does once the embeddings exist (RSICD test size: 1,093 images,
     5,465 captions, 12 % of them shared): scores, then every tie rule and the tie statistics.
-    The alternative is clip_benchmark's recall on the same score matrix (timed once: ~10 s)."""
+    The alternative is clip_benchmark's recall on the same score matrix (timed once: 0.7-10 s
+    on 2 cores, idle to loaded)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from metrics_speed import clip_benchmark_recall, make_embeddings
 
@@ -707,6 +707,12 @@ def update_markdown(path: Path, sections: dict) -> None:
     write_sections(path, sections, "benchmarks/run.py")
 
 
+#: part -> (function measuring it in this process, its key in results.json / load_average_1min)
+IN_PROCESS = {"throughput": (throughput_section, "throughput"), "speedups": (speedup_section, "speedups"),
+              "compile": (compile_section, "torch_compile"), "onnx": (onnx_section, "onnx"),
+              "evaluation": (evaluation_section, "evaluation")}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -720,7 +726,7 @@ def main(argv=None) -> int:
     parser.add_argument("--aux-batch", type=int, default=8,
                         help="batch of the speed-up, torch.compile and ONNX figures (default 8)")
     parser.add_argument("--aux-runs", type=int, default=3, help="timed runs of those figures (default 3)")
-    parser.add_argument("--only", nargs="+", choices=[*IN_PROCESS_PARTS, *CHILD_SCRIPTS],
+    parser.add_argument("--only", nargs="+", choices=[*IN_PROCESS, *CHILD_SCRIPTS],
                         help="run only these parts (default: all); the others keep their figures from the last run")
     parser.add_argument("--compile-timeout", type=int, help="seconds for the torch.compile child (default 400; quick 240)")
     parser.add_argument("--render", metavar="JSON", help="measure nothing: rewrite this script's RESULTS.md "
@@ -734,9 +740,12 @@ def main(argv=None) -> int:
         compile_child(args.batch, args.runs, args.device, args.compile_child)
         return 0
     if args.render:  # no measuring: rewrite our RESULTS.md sections from a results JSON
-        update_markdown(Path(args.markdown or ROOT / "benchmarks" / "RESULTS.md"),
-                        markdown_sections(json.loads(Path(args.render).read_text())))
-        log(f"rendered {args.render} into {args.markdown}")
+        if not Path(args.render).is_file():
+            parser.error(f"--render {args.render}: no such file (a results JSON written by this script, "
+                         "e.g. benchmarks/results.json)")
+        target = Path(args.markdown or BENCH_DIR / "RESULTS.md")
+        update_markdown(target, markdown_sections(json.loads(Path(args.render).read_text())))
+        log(f"rendered {args.render} into {target}")
         return 0
 
     started = time.perf_counter()
@@ -747,33 +756,30 @@ def main(argv=None) -> int:
                "settings": {"mode": "quick" if args.quick else "default", "device": args.device,
                             "batch": args.batch, "runs": args.runs, "aux_batch": args.aux_batch,
                             "aux_runs": args.aux_runs}}
-    parts = args.only or [*IN_PROCESS_PARTS, *CHILD_SCRIPTS]
-    sections = {"throughput": (throughput_section, "throughput"), "speedups": (speedup_section, "speedups"),
-                "compile": (compile_section, "torch_compile"), "onnx": (onnx_section, "onnx"),
-                "evaluation": (evaluation_section, "evaluation")}
+    parts = args.only or [*IN_PROCESS, *CHILD_SCRIPTS]
     loads = results.setdefault("load_average_1min", {})
     for part in parts:
         if part in CHILD_SCRIPTS:
             fn, key = (lambda a, r, part=part: child_section(part, a, r)), part
         else:
-            fn, key = sections[part]
+            fn, key = IN_PROCESS[part]
         before, t0, date = os.getloadavg()[0], time.perf_counter(), time.strftime("%Y-%m-%d %H:%M")
         fn(args, results)
         loads[key] = {"start": before, "end": os.getloadavg()[0], "wall_s": time.perf_counter() - t0,
                       "date": date, "settings": dict(results["settings"])}
-    for part, (_, json_name, _) in CHILD_SCRIPTS.items():  # figures of scripts not run now: their last run's
+    for part, (script, json_name, _) in CHILD_SCRIPTS.items():  # scripts not run now: their last run's figures
         path = BENCH_DIR / json_name
         if part not in parts and path.is_file():
-            results[part] = {"status": "from an earlier run", "script": CHILD_SCRIPTS[part][0],
-                             **json.loads(path.read_text())}
+            results[part] = {"status": "from an earlier run", "script": script, **json.loads(path.read_text())}
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["total_s"] = time.perf_counter() - started
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(out)  # atomic: a reader never sees half a file
+    sys.path.insert(0, str(BENCH_DIR))
+    from results_md import write_json
+
+    write_json(out, results)
     log(f"wrote {out} ({results['total_s']:.0f} s)")
     if args.markdown:
         ran = set(parts)  # rewrite only the sections of parts measured now

@@ -591,6 +591,9 @@ def main(argv=None) -> int:
         return 0
 
     if args.render:
+        if not Path(args.render).is_file():
+            p.error(f"--render {args.render}: no such file (a results JSON written by this script, "
+                    "e.g. benchmarks/results_train.json)")
         sys.path.insert(0, str(HERE))
         from results_md import write_sections
 
@@ -671,14 +674,12 @@ def main(argv=None) -> int:
                     print("  " + explain_cache(c), flush=True)
     res["loadavg_end"] = list(os.getloadavg())
     res["total_s"] = round(time.time() - t_start, 1)
-    tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp")
-    tmp.write_text(json.dumps(res, indent=2) + "\n")
-    tmp.replace(args.out)  # atomic: run.py (or a reader) never sees half a file
+    sys.path.insert(0, str(HERE))
+    from results_md import write_json, write_sections
+
+    write_json(args.out, res)
     print(f"wrote {args.out} ({res['total_s']:.0f} s)")
     if args.markdown:
-        sys.path.insert(0, str(HERE))
-        from results_md import write_sections
-
         write_sections(args.results, {SECTION: markdown(res)}, "benchmarks/train_speed.py --markdown")
         print(f"wrote section {SECTION!r} of {args.results}")
     return 0

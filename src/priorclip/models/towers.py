@@ -77,9 +77,11 @@ class PriorTower(InferencePriorMixin, nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C) pooled prior feature."""
+        # the inference copy only under no_grad/inference_mode with the tower in eval mode; a frozen
+        # tower inside a training step (grad enabled) keeps the plain path below
         fast = self.inference_prior()
-        if fast is not None:  # checked before the no_grad below: a frozen
-            return fast(images)                   # tower in training keeps the plain path
+        if fast is not None:
+            return fast(images)
         if self.frozen:
             with torch.no_grad():
                 return self.model(images)

@@ -114,8 +114,10 @@ def _worker(rank, world, port, result_path):
     sl = slice(rank * 4, rank * 4 + 4)
     fi, ft = F.normalize(img(x_img[sl]), dim=-1), F.normalize(txt(x_txt[sl]), dim=-1)
     losses = _losses(fi, ft, ids[sl], labels[sl])
+    local = PriorCLIPLoss(affiliation_centres="local")(fi, ft, 0.07, 0.1, image_ids=ids[sl], scene_labels=labels[sl])
     sum(losses).backward()  # DDP averages the gradients of the two ranks
-    torch.save({"losses": [x.item() for x in losses], "grad": img.module.weight.grad, "grad_t": txt.module.weight.grad},
+    torch.save({"losses": [x.item() for x in losses], "grad": img.module.weight.grad, "grad_t": txt.module.weight.grad,
+                "local_affiliation": local["affiliation"].item(), "local_contrastive": local["contrastive"].item()},
                f"{result_path}.{rank}")
     dist.destroy_process_group()
 
@@ -131,8 +133,17 @@ def test_distributed_losses_equal_single_process(tmp_path):
     img, txt = _towers()
     losses = _losses(F.normalize(img(x_img), dim=-1), F.normalize(txt(x_txt), dim=-1), ids, labels)
     sum(losses).backward()
+    with torch.no_grad():
+        fi, ft = F.normalize(img(x_img), dim=-1), F.normalize(txt(x_txt), dim=-1)
     for rank in range(2):
         res = torch.load(f"{path}.{rank}")
         assert res["losses"] == pytest.approx([x.item() for x in losses], rel=1e-5)
+        # affiliation_centres="local" (the released behaviour): centres and candidates of this rank's
+        # half only, while the contrastive term stays global
+        sl = slice(rank * 4, rank * 4 + 4)
+        half = affiliation_loss(fi[sl], ft[sl], labels[sl], 0.1).item()
+        assert res["local_affiliation"] == pytest.approx(half, rel=1e-5)
+        assert abs(res["local_affiliation"] - losses[2].item()) > 1e-3
+        assert res["local_contrastive"] == pytest.approx(losses[1].item(), rel=1e-5)
         assert torch.allclose(res["grad"], img.weight.grad, atol=1e-5)
         assert torch.allclose(res["grad_t"], txt.weight.grad, atol=1e-5)

@@ -84,9 +84,15 @@ def triplet_loss(image_features, text_features, margin: float = 0.2, hardest: bo
 class PriorCLIPLoss(nn.Module):
     """Contrastive loss (multi-positive when image ids are given) + weight x Attribution loss."""
 
-    def __init__(self, affiliation_weight: float = 1.0, multi_positive: bool = True):
+    def __init__(self, affiliation_weight: float = 1.0, multi_positive: bool = True, affiliation_centres: str = "global"):
+        """`affiliation_centres`: "global" computes class centres (and candidates) over the batch
+        gathered from every process; "local" over each process's own batch, as the released code does
+        (it calls the loss on each GPU's features)."""
         super().__init__()
         self.affiliation_weight, self.multi_positive = affiliation_weight, multi_positive
+        if affiliation_centres not in ("global", "local"):
+            raise ValueError(f"affiliation_centres={affiliation_centres!r}: use global or local")
+        self.affiliation_gather = affiliation_centres == "global"
 
     def forward(self, image_features, text_features, temperature, temperature_affiliation=None,
                 image_ids=None, scene_labels=None) -> dict:
@@ -94,6 +100,7 @@ class PriorCLIPLoss(nn.Module):
                                                   image_ids if self.multi_positive else None)}
         if self.affiliation_weight and scene_labels is not None:
             t2 = temperature if temperature_affiliation is None else temperature_affiliation
-            losses["affiliation"] = self.affiliation_weight * affiliation_loss(image_features, text_features, scene_labels, t2)
+            losses["affiliation"] = self.affiliation_weight * affiliation_loss(image_features, text_features, scene_labels, t2,
+                                                                            gather=self.affiliation_gather)
         losses["total"] = sum(losses.values())
         return losses

@@ -39,6 +39,18 @@ def _split_vision_cfg(vision_cfg: dict) -> tuple[dict, dict]:
     return clip_cfg, {k: vision_cfg[k] for k in PRIOR_KEYS if k in vision_cfg}
 
 
+def prior_tower_kwargs(config: dict) -> dict:
+    """ModifiedResNet arguments of an open-domain config's prior (`res_visual`), so the prior stage
+    can train the very tower the model will load."""
+    vcfg = config["vision_cfg"]
+    _, prior = _split_vision_cfg(vcfg)
+    width = prior.get("prior_width", 64)
+    # open_clip's rule for ResNet towers: heads = width * 32 // head_width
+    heads = prior.get("prior_heads") or width * 32 // vcfg.get("head_width", 64)
+    return {"layers": list(prior.get("prior_layers", [3, 4, 6, 3])), "output_dim": config["embed_dim"],
+            "heads": heads, "image_size": vcfg["image_size"], "width": width}
+
+
 class _OpenClipAPI(RetrievalModelAPI):
     """Tokenizer, transforms and metadata shared by the open-domain model and its baseline."""
 
@@ -79,12 +91,7 @@ class OpenPriorCLIP(InferencePriorMixin, OpenCLIPBaseline):
         if weighting not in SOFT_WEIGHTINGS:
             raise ConfigError(f"vision_cfg.soft_weighting={weighting!r}; choose one of {SOFT_WEIGHTINGS}")
         self.soft_weighting = weighting
-        prior_width = prior.get("prior_width", 64)
-        head_width = vcfg.get("head_width", 64)
-        # open_clip's rule for ResNet towers: heads = width * 32 // head_width
-        heads = prior.get("prior_heads") or prior_width * 32 // head_width
-        self.res_visual = ModifiedResNet(layers=prior.get("prior_layers", [3, 4, 6, 3]), output_dim=config["embed_dim"],
-                                         heads=heads, image_size=vcfg["image_size"], width=prior_width)
+        self.res_visual = ModifiedResNet(**prior_tower_kwargs(config))
         self.vision_proj_res = nn.Linear(config["embed_dim"], vcfg["width"])
         self.prior_frozen = bool(prior.get("prior_frozen", False))
         if self.prior_frozen:

@@ -20,6 +20,7 @@ from priorclip.fileio import fsync_path
 
 PRIOR_WEIGHTS, PRIOR_HEAD, PRIOR_CONFIG = "prior.safetensors", "head.safetensors", "prior.json"
 TRAIN_STATE = "train_state.pt"
+MODIFIED_RESNET = "modified_resnet"  # prior_cfg kind of the open model's res_visual
 
 
 def publish_dir(tmp: Path, final: Path) -> None:
@@ -53,18 +54,43 @@ def find_checkpoint(final: Path) -> Path | None:
 # ---- the prior stage's checkpoint: the prior tower alone (+ its classifier head) -------------
 
 class PriorClassifier(nn.Module):
-    """The closed model's prior tower (a timm ResNet trunk) with a linear scene-classifier head."""
+    """A model's prior tower with a linear scene-classifier head.
+
+    `prior_cfg` is `prior_spec(model_config)`: the closed model's timm ResNet trunk (`backbone`) or,
+    with `kind: modified_resnet`, the open model's `res_visual` (open_clip ModifiedResNet with
+    attention pooling; its output is the embedding the instruction token is projected from).
+    """
 
     def __init__(self, prior_cfg: dict, num_classes: int):
         super().__init__()
-        from priorclip.models.towers import PriorTower
-
         self.prior_cfg = dict(prior_cfg)
-        self.prior = PriorTower(prior_cfg["backbone"], frozen=False, **prior_cfg.get("backbone_kwargs", {}))
-        self.head = nn.Linear(self.prior.width, num_classes)
+        if prior_cfg.get("kind") == MODIFIED_RESNET:
+            from open_clip.modified_resnet import ModifiedResNet
+
+            self.prior = ModifiedResNet(**{k: v for k, v in prior_cfg.items() if k != "kind"})
+            width = prior_cfg["output_dim"]
+        else:
+            from priorclip.models.towers import PriorTower
+
+            self.prior = PriorTower(prior_cfg["backbone"], frozen=False, **prior_cfg.get("backbone_kwargs", {}))
+            width = self.prior.width
+        self.head = nn.Linear(width, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.prior(images))
+
+
+def prior_spec(config: dict) -> dict:
+    """What the prior stage trains for a (merged) model config: the closed model's `prior_cfg`, or
+    the open model's ModifiedResNet arguments under `kind: modified_resnet`."""
+    if "prior_cfg" in config:
+        return dict(config["prior_cfg"])
+    if config.get("architecture") == "open":
+        from priorclip.models.open_domain import prior_tower_kwargs
+
+        return {"kind": MODIFIED_RESNET, **prior_tower_kwargs(config)}
+    raise CheckpointError(f"model {config.get('name', config.get('architecture'))} has no prior tower to train "
+                          f"(a baseline?); the prior stage needs priorclip-closed* or priorclip-open (not -baseline)")
 
 
 def save_prior(module: PriorClassifier, directory: Path, classes: list[str], extra: dict | None = None) -> Path:
@@ -98,22 +124,42 @@ def load_prior_classifier(path: str | Path) -> tuple[PriorClassifier, list[str]]
 
 
 def load_prior_into(model, path: str | Path, freeze: bool = True) -> Path:
-    """Load a prior-stage checkpoint into a closed model's prior tower and freeze it."""
+    """Load a prior-stage checkpoint into a model's prior (the closed model's `prior` tower or the
+    open model's `res_visual`) and freeze it."""
     directory = resolve_prior_dir(path)
-    if not hasattr(model, "prior"):
+    meta = json.loads((directory / PRIOR_CONFIG).read_text())
+    have = meta["prior_cfg"]
+    if hasattr(model, "res_visual"):
+        target, want = model.res_visual, prior_spec(model.model_config)
+        if have.get("kind") != MODIFIED_RESNET or have != want:
+            raise CheckpointError(f"prior_checkpoint {directory} holds a prior {_describe(have)} but the model's "
+                                  f"res_visual is {_describe(want)}; train the prior with the same model and "
+                                  f"model_overrides (vision_cfg.prior_*, image_size, embed_dim)")
+    elif hasattr(model, "prior"):
+        target = model.prior
+        want = model.model_config["prior_cfg"]["backbone"]
+        if have.get("kind") == MODIFIED_RESNET or want != have.get("backbone"):
+            raise CheckpointError(f"prior_checkpoint {directory} holds a prior {_describe(have)} but the model's "
+                                  f"prior_cfg.backbone is {want}")
+    else:
         raise CheckpointError(f"prior_checkpoint given but model {model.model_name} has no prior tower "
                               f"(a baseline?); remove prior_checkpoint from the recipe")
-    meta = json.loads((directory / PRIOR_CONFIG).read_text())
-    want, have = model.model_config["prior_cfg"]["backbone"], meta["prior_cfg"]["backbone"]
-    if want != have:
-        raise CheckpointError(f"prior_checkpoint {directory} holds a {have} prior but the model's prior_cfg.backbone "
-                              f"is {want}")
     state = load_file(str(directory / PRIOR_WEIGHTS))
     try:
-        model.prior.load_state_dict(state)
+        target.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"prior_checkpoint {directory} does not match the model's prior: {exc}") from None
     if freeze:
-        model.prior.set_frozen(True)
-        model.model_config["prior_cfg"]["frozen"] = True
+        if hasattr(model, "res_visual"):
+            model.set_prior_frozen(True)
+            model.model_config["vision_cfg"]["prior_frozen"] = True
+        else:
+            model.prior.set_frozen(True)
+            model.model_config["prior_cfg"]["frozen"] = True
     return directory
+
+
+def _describe(prior_cfg: dict) -> str:
+    if prior_cfg.get("kind") == MODIFIED_RESNET:
+        return "ModifiedResNet(" + ", ".join(f"{k}={v}" for k, v in prior_cfg.items() if k != "kind") + ")"
+    return str(prior_cfg.get("backbone"))

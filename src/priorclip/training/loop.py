@@ -1,9 +1,10 @@
 """The training loop for every stage (see docs/TRAINING.md).
 
-Stages: `prior` (the closed model's prior tower as a scene classifier), `closed` (closed-domain
-PriorCLIP or its baseline: contrastive + affiliation loss), `pretrain` and `finetune` (open
-domain: contrastive loss; finetune freezes the prior and the text tower and caches the text
-embeddings).
+Stages: `prior` (a model's prior tower as a scene classifier: the closed model's ResNet or the
+open model's ModifiedResNet), `closed` (closed-domain PriorCLIP or its baseline), `pretrain` and
+`finetune` (open domain; finetune freezes the prior and the text tower and caches the text
+embeddings). Every contrastive stage adds `affiliation_weight` x the Attribution loss when the
+training data carry scene labels (paper Sec. 3.4; stage 2 of the open domain, Sec. 3.5).
 
 Exact resume: the order of the data in an epoch is a function of (seed, epoch) only (a
 DistributedSampler re-seeded per epoch), and each sample's augmentation is drawn from a generator
@@ -446,14 +447,17 @@ class Trainer:
         seed_everything(r.seed)
         stage = r.stage
         if stage == "prior":
-            base = pm.get_model_config(r.model)
-            if "prior_cfg" not in base:
-                raise ConfigError(f"recipe key 'model': the prior stage needs a closed PriorCLIP model with a prior_cfg; "
-                                  f"{r.model} has none")
-            prior_cfg = {**base["prior_cfg"], **r.model_overrides.get("prior_cfg", {})}
-            image_size = {**base["vision_cfg"], **r.model_overrides.get("vision_cfg", {})}.get("image_size", 224)
-            icfg = base.get("image_cfg", {})
+            from priorclip.errors import CheckpointError
+            from priorclip.models.factory import merge_config
             from priorclip.models.transforms import image_transform
+
+            base = merge_config(pm.get_model_config(r.model), r.model_overrides)
+            try:
+                prior_cfg = ck.prior_spec(base)
+            except CheckpointError as exc:
+                raise ConfigError(f"recipe key 'model': {exc}") from None
+            image_size = base["vision_cfg"].get("image_size", 224)
+            icfg = base.get("image_cfg", {})
 
             tf = image_transform(image_size, train=r.data.augment, mean=icfg.get("mean"), std=icfg.get("std"))
             self.eval_tf = image_transform(image_size, train=False, mean=icfg.get("mean"), std=icfg.get("std"))
@@ -481,8 +485,6 @@ class Trainer:
                     self.model.load_state_dict(init.state_dict())
                     del init
             if r.prior_checkpoint:
-                if stage != "closed":
-                    raise ConfigError("recipe key 'prior_checkpoint' applies to the closed stage only")
                 ck.load_prior_into(self.model, r.prior_checkpoint)
             elif stage == "closed" and hasattr(self.model, "prior") and self.model.prior.frozen and self.main:
                 log.warning("closed stage without prior_checkpoint: the frozen prior keeps its RANDOM init")
@@ -506,7 +508,7 @@ class Trainer:
                 # training never stops on a bad image: it is reported and replaced by the next readable one
                 self.train_ds = _dataset(r, r.data.train_split, self.train_tf,
                                          "pairs" if r.data.captions == "all" else "images", on_error="skip")
-                self.use_labels = bool(r.affiliation_weight) and bool(self.train_ds.classes) and stage == "closed"
+                self.use_labels = bool(r.affiliation_weight) and bool(self.train_ds.classes)
         self.model.to(self.device)
         # closed stage, frozen prior: run it outside the autograd graph (channels_last on CPU; with
         # the model's inference copy when it offers one), once per image when cached (_prior_cache)
@@ -705,6 +707,8 @@ class Trainer:
         else:
             tokens = self.model.tokenize(captions).to(self.device, non_blocking=True)
             img, txt, t1, t2 = fwd(images, tokens, prior_features=prior)
+        if r.affiliation_temperature is not None:
+            t2 = torch.tensor(r.affiliation_temperature, device=self.device)
         return loss_fn(img.float(), txt.float(), t1.float(), None if t2 is None else t2.float(),
                        image_ids=None if image_ids is None else image_ids.to(self.device),
                        scene_labels=labels.to(self.device) if getattr(self, "use_labels", False) else None)
@@ -742,7 +746,8 @@ class Trainer:
         text_cache = self._text_cache()
         if self.train_ds is None and self.text_frozen and r.stage != "closed" and self.main:
             log.info("data.shards: captions are not a fixed set, so the frozen text tower runs on every batch")
-        loss_fn = pm.PriorCLIPLoss(affiliation_weight=r.affiliation_weight if r.stage == "closed" else 0.0)
+        loss_fn = pm.PriorCLIPLoss(affiliation_weight=r.affiliation_weight,
+                                   affiliation_centres=r.affiliation_centres)
         fwd = _Forward(self.model, r.stage)
         if info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -64,7 +64,9 @@ class Recipe:
     grad_accum: int = 1
     grad_clip: float | None = 1.0  # max global grad norm; null: no clipping
     precision: str = "fp32"
-    affiliation_weight: float = 1.0
+    affiliation_weight: float = 1.0  # x the Attribution loss, in every contrastive stage whose data carry scene labels
+    affiliation_temperature: float | None = None  # null: closed models' learned temp2, open models' contrastive temperature
+    affiliation_centres: str = "global"  # class centres over the global batch (all processes) or each process's ("local")
     workers: int = 4
     seed: int = 0
     eval_every: int = 1  # epochs between validation runs (0: only at the end)
@@ -145,6 +147,12 @@ def validate(recipe: Recipe) -> Recipe:
         bad("stage", f"{recipe.stage!r} is not one of {', '.join(STAGES)}")
     if recipe.data.captions not in ("all", "one"):
         bad("data.captions", f"{recipe.data.captions!r} is not one of all, one")
+    if recipe.affiliation_centres not in ("global", "local"):
+        bad("affiliation_centres", f"{recipe.affiliation_centres!r} is not one of global, local")
+    if recipe.affiliation_temperature is not None and recipe.affiliation_temperature <= 0:
+        bad("affiliation_temperature", f"must be > 0 or null, got {recipe.affiliation_temperature}")
+    if recipe.affiliation_weight < 0:
+        bad("affiliation_weight", f"must be >= 0, got {recipe.affiliation_weight}")
     if recipe.schedule not in SCHEDULES:
         bad("schedule", f"{recipe.schedule!r} is not one of {', '.join(SCHEDULES)}")
     if recipe.precision not in PRECISIONS:

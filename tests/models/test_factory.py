@@ -61,6 +61,32 @@ def test_soft_belief_variant_keeps_all_tokens():
         assert model.spatial_pae.select(tokens, prior).shape == tokens.shape
 
 
+@pytest.mark.parametrize("switch", ["spatial", "temporal"])
+def test_pae_ablation_switches_fall_back_to_the_baseline_side(switch):
+    """pae_cfg.spatial / temporal false: that side is the baseline's normalize(proj(token 0)) (no
+    prior tower at all without Spatial-PAE); the other side keeps its PAE."""
+    torch.manual_seed(0)
+    full = create_model("priorclip-closed-small").eval()
+    cut = create_model("priorclip-closed-small", pae_cfg={switch: False}).eval()
+    assert cut.load_state_dict(full.state_dict(), strict=False).unexpected_keys  # the dropped modules' keys
+    names = {n.split(".")[0] for n, _ in cut.named_parameters()}
+    dropped = {"spatial": {"prior", "conv_proj", "spatial_pae"}, "temporal": {"temporal_pae"}}[switch]
+    assert not names & dropped and names >= {"visual", "text", "vision_proj", "text_proj"}
+    size = full.model_config["vision_cfg"]["image_size"]
+    images, tokens = torch.randn(2, 3, size, size), full.tokenize(["two planes", "a river beside a farm"])
+    with torch.no_grad():
+        img, txt = cut.encode_image(images), cut.encode_text(tokens)
+        base_img = torch.nn.functional.normalize(full.vision_proj(full.visual(images)[:, 0]), dim=-1)
+        base_txt = torch.nn.functional.normalize(full.text_proj(full.text(tokens)[:, 0]), dim=-1)
+        same_img, same_txt = (base_img, full.encode_text(tokens)) if switch == "spatial" else \
+            (full.encode_image(images), base_txt)
+    assert torch.allclose(img, same_img, atol=1e-6) and torch.allclose(txt, same_txt, atol=1e-6)
+    assert not torch.allclose(img if switch == "spatial" else txt,
+                              full.encode_image(images) if switch == "spatial" else full.encode_text(tokens), atol=1e-3)
+    with pytest.raises(ConfigError, match="pae_cfg.spatial"):
+        create_model("priorclip-closed-small", pae_cfg={"spatial": "no"})
+
+
 def test_overrides_are_checked():
     with pytest.raises(ConfigError, match="did you mean 'pae_cfg.filter_size'"):
         create_model("priorclip-closed-small", pae_cfg={"filter_sise": 3})

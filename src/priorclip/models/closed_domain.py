@@ -86,19 +86,25 @@ class ClosedPriorCLIP(ClosedDualEncoder):
     def __init__(self, config: dict, tokenizer: WordPieceTokenizer | None = None, build_backbones: bool = True):
         super().__init__(config, tokenizer, build_backbones)
         pcfg, pae = config["prior_cfg"], config["pae_cfg"]
+        heads, dropout = pae["heads"], pae.get("dropout", 0.0)
+        if self.embed_dim % heads:
+            raise ConfigError(f"pae_cfg.heads={heads} does not divide embed_dim={self.embed_dim}")
+        # ablation switches (paper Table of ablations): without Spatial-PAE the image side is the
+        # baseline's (no prior at all), without Temporal-PAE the text side is
+        self.spatial, self.temporal = pae.get("spatial", True), pae.get("temporal", True)
+        if self.temporal:
+            self.temporal_pae = TemporalPAE(self.embed_dim, heads, pae["cycle_num"], dropout)
+        self.temp2 = nn.Parameter(torch.tensor(float(config.get("temperature_affiliation", 0.07))))
+        if not self.spatial:
+            return
         prior_width = pcfg.get("width")
         if build_backbones:
             self.prior = PriorTower(pcfg["backbone"], frozen=pcfg.get("frozen", True), **pcfg.get("backbone_kwargs", {}))
             prior_width = self.prior.width
         self.conv_proj = nn.Linear(prior_width, self.embed_dim)
-        heads, dropout = pae["heads"], pae.get("dropout", 0.0)
-        if self.embed_dim % heads:
-            raise ConfigError(f"pae_cfg.heads={heads} does not divide embed_dim={self.embed_dim}")
         self.spatial_pae = SpatialPAE(self.embed_dim, heads, pae["instru_num"], pae["filter_size"], dropout,
                                       belief=pae.get("belief", "hard"), soft_weighting=pae.get("soft_weighting", "released"),
                                       belief_tokens=pae.get("belief_tokens"))
-        self.temporal_pae = TemporalPAE(self.embed_dim, heads, pae["cycle_num"], dropout)
-        self.temp2 = nn.Parameter(torch.tensor(float(config.get("temperature_affiliation", 0.07))))
         if build_backbones and self.spatial_pae.belief == "hard":
             n_tokens = self.visual.num_tokens(config["vision_cfg"].get("image_size", 224))
             scored = min(n_tokens, pae.get("belief_tokens") or n_tokens)
@@ -107,6 +113,8 @@ class ClosedPriorCLIP(ClosedDualEncoder):
                                   f"the belief scores; choose filter_size <= {scored}")
 
     def embed_image_tokens(self, vision_tokens: torch.Tensor, prior_feature: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.spatial:
+            return super().embed_image_tokens(vision_tokens)
         if prior_feature is None:
             raise ValueError("closed-domain PriorCLIP needs the prior feature of each image")
         tokens = self.vision_proj(vision_tokens)
@@ -114,6 +122,8 @@ class ClosedPriorCLIP(ClosedDualEncoder):
         return self.spatial_pae(tokens, instruction)
 
     def embed_text_tokens(self, text_tokens: torch.Tensor) -> torch.Tensor:
+        if not self.temporal:
+            return super().embed_text_tokens(text_tokens)
         return self.temporal_pae(self.text_proj(text_tokens))
 
     def optimize_for_inference(self, enabled: bool = True, **options) -> ClosedPriorCLIP:
@@ -129,4 +139,6 @@ class ClosedPriorCLIP(ClosedDualEncoder):
         return isinstance(prior, PriorTower) and prior.inference_optimized
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        if not self.spatial:
+            return super().encode_image(images)
         return self.embed_image_tokens(self.visual(images), self.prior(images))

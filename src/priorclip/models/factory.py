@@ -117,6 +117,9 @@ def validate_config(config: dict) -> None:
     dropout = pae.get("dropout")
     if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1):
         raise ConfigError(f"model config key 'pae_cfg.dropout' must be in [0, 1), got {dropout!r}")
+    for key in ("spatial", "temporal"):
+        if key in pae and not isinstance(pae[key], bool):
+            raise ConfigError(f"model config key 'pae_cfg.{key}' must be true or false, got {pae[key]!r}")
     if "belief" in pae and pae["belief"] not in ("hard", "soft"):
         raise ConfigError(f"model config key 'pae_cfg.belief' must be 'hard' or 'soft', got {pae['belief']!r}")
 

@@ -755,7 +755,9 @@ class Trainer:
         logger = _Logger(self.run_dir if self.main else None, r.tensorboard)
         logger.write({"event": "resume" if self.resume else "start", "step": self.step, "epoch": start_epoch,
                       "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                      "data": "shards" if self.train_ds is None else "dataset"})
+                      "data": "shards" if self.train_ds is None else "dataset",
+                      "params_trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                      "params_total": sum(p.numel() for p in self.model.parameters())})
         prior_cache = self._prior_cache(logger)
         wrapped = None if self.train_ds is None else _SeededSamples(
             self.train_ds, r.seed, images_only=r.stage == "prior", one_caption=r.stage != "prior" and r.data.captions == "one")
@@ -820,7 +822,9 @@ class Trainer:
                     last_saved = self.step
             bar.close()
             mean_loss = float(np.mean(epoch_losses)) if epoch_losses else None
-            record = {"event": "epoch", "step": self.step, "epoch": epoch, "mean_loss": mean_loss}
+            # seconds of this epoch's training loop (data loading included, validation and saving not)
+            record = {"event": "epoch", "step": self.step, "epoch": epoch, "mean_loss": mean_loss,
+                      "train_s": round(time.time() - t0, 3), "samples": seen}
             is_last = epoch + 1 == r.epochs
             if self.val_ds is not None and ((r.eval_every and (epoch + 1) % r.eval_every == 0) or is_last):
                 if self.main:

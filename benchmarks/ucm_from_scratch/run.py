@@ -1,170 +1,311 @@
-"""UCM-captions from scratch: small closed-domain PriorCLIP vs the same-backbone baseline.
+"""UCM-captions from scratch: the paper's ablation on real data, against open_clip's own trainer.
 
-Trains, on two CPU cores, (1) the prior as a UCM scene classifier on the train split, (2) small
-closed-domain PriorCLIP with that prior frozen, (3) the small baseline (same Swin/BERT backbones, no
-prior, no PAE), (2) and (3) with the same budget and seed; selects each on val (accuracy for the
-prior, mR for the others); reports test R@1/5/10 both ways and mR (tie rule `expected`, bounds
-beside) and the mR difference, into benchmarks/RESULTS.md ("## UCM-captions from scratch") and
-results_ucm.json.
+Every subject of `subjects.py` (open_clip_train on a plain CLIP; our trainer on the same CLIP;
+open- and closed-domain PriorCLIP with a prior first trained as a UCM scene classifier; ablations)
+is trained from random weights on the UCM-captions train split with the same number of training
+pairs (`--epochs` passes over all 8,400 (image, caption) pairs, the last incomplete batch dropped:
+50,304 pairs at the defaults), selected on val (mR, every epoch), and scored on test (R@1/5/10
+both ways + mR, tie rule `expected`, bounds beside). Main rows run for every `--seeds`, ablations
+for the first seed unless `--ablation-seeds` says more. Writes benchmarks/results_ucm.json and the
+section "## UCM-captions from scratch" of benchmarks/RESULTS.md; `--readme` also replaces the
+README's table (between its `ucm-table` markers) once every main row has every seed.
 
-    .venv/bin/python benchmarks/ucm_from_scratch/run.py [--data ../shared/data/ucm-captions] [--epochs 12]
+    .venv/bin/pip install -e '.[bench]'          # pandas, for open_clip_train
+    .venv/bin/python benchmarks/ucm_from_scratch/run.py [--seeds 0 1 2] [--subjects ...] [--readme]
 
-The prior is trained at a lower resolution than it is used at (`--prior-image-size` 96 vs
-`--image-size` 128), for more epochs (`--prior-epochs` 10): one 96 px step costs 0.6 of a 128 px
-one, and with RandomResizedCrop's zoom the 128 px test view matches the 96 px training views'
-object scale (the "FixRes" effect), so the same compute as 6 epochs at 128 px gives test accuracy
-47.6 % at 128 px instead of 39.0 % (docs/TRAINING.md, "UCM benchmark settings"). Its accuracy is
-reported at both sizes. The prior stage always sees each training image once per epoch.
-
-Not a test: 19 minutes on an idle 2-core machine (measured, docs/TRAINING.md). Numbers
-are far below the paper's, which start from ImageNet/AID-pretrained backbones on GPUs; what
-matters here is the comparison at equal budget.
+Resumable: each run lives in `--out/SEED/SUBJECT[/stageN]` (priors in `--out/SEED/prior-KIND`) and a
+finished one is read back, not trained again, so the benchmark can be run in pieces (`--subjects`,
+`--seeds`) and interrupted. Not a test: hours on two CPU cores (each subject's wall time and
+pairs/s are in the report); `tests/benchmarks/test_ucm_benchmark.py` runs it on tiny models.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from subjects import MAIN, SUBJECTS, model_overrides  # noqa: E402
+
+README_START, README_END = "<!-- ucm-table:start -->", "<!-- ucm-table:end -->"
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.environ.get("PRIORCLIP_SHARED_DIR", str(ROOT.parent / "shared")) + "/data/ucm-captions")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "ucm_from_scratch"))
-    ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--prior-epochs", type=int, default=10)
-    ap.add_argument("--prior-image-size", type=int, default=96, help="training (and selection) size of the prior")
-    ap.add_argument("--prior-batch-size", type=int, default=64)
-    ap.add_argument("--prior-lr", type=float, default=1e-3)
-    ap.add_argument("--epochs", type=int, default=12)
+    shared = os.environ.get("PRIORCLIP_SHARED_DIR", str(ROOT.parent / "shared"))
+    ap.add_argument("--data", default=f"{shared}/data/ucm-captions", help="Karpathy-layout UCM-captions folder")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "ucm_from_scratch"), help="run directories (resumable)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the main rows")
+    ap.add_argument("--ablation-seeds", type=int, nargs="+", default=None, help="seeds of the ablations (first seed)")
+    ap.add_argument("--subjects", nargs="+", default=list(SUBJECTS), choices=list(SUBJECTS), metavar="SUBJECT",
+                    help=f"which rows to train (default all): {', '.join(SUBJECTS)}")
+    ap.add_argument("--epochs", type=int, default=6, help="passes over all training pairs, every subject")
+    ap.add_argument("--stage2-epochs", type=int, default=2, help="of --epochs, the open domain's stage 2 (fine-tuning)")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--affiliation-weight", type=float, default=1.0)
-    ap.add_argument("--filter-size", type=int, default=12)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=5e-4, help="stage 1 / single-stage learning rate")
+    ap.add_argument("--stage2-lr", type=float, default=1e-4)
+    ap.add_argument("--warmup", type=int, default=30, help="warm-up steps (stage 1 / single stage)")
+    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--prior-epochs", type=int, default=10)
+    ap.add_argument("--prior-lr", type=float, default=1e-3)
+    ap.add_argument("--closed-prior-image-size", type=int, default=96,
+                    help="the closed prior trains at this size and is used at 128 px (FixRes, docs/TRAINING.md); the "
+                         "open prior's attention pool is tied to its image size, so it trains at 128 px")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--no-results-md", action="store_true", help="do not update benchmarks/RESULTS.md")
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true", help="tiny models (the script's own test), not a benchmark")
+    ap.add_argument("--readme", action="store_true", help="also replace the README's UCM table")
+    ap.add_argument("--results-md", default=None, help="RESULTS.md to update ('' : JSON only)")
+    ap.add_argument("--json", default="results_ucm.json", help="file name under benchmarks/ for the figures")
+    args = ap.parse_args(argv)
+    if not 0 <= args.stage2_epochs < args.epochs:
+        ap.error(f"--stage2-epochs must be in [0, --epochs), got {args.stage2_epochs}")
+    if args.ablation_seeds is None:
+        args.ablation_seeds = args.seeds[:1]
+    return args
 
-    from priorclip.evaluation.metrics import format_recall_table
+
+# ---- training one subject -------------------------------------------------------------------
+
+def _common(args, seed: int) -> dict:
+    data = Path(args.data)
+    return {"data": {"path": str(data / "dataset.json"), "labels": f"csv:{data / 'labels.csv'}", "captions": "all"},
+            "batch_size": args.batch_size, "workers": args.workers, "seed": seed, "device": "cpu",
+            "precision": "fp32", "tensorboard": False, "log_every": 20, "weight_decay": args.weight_decay}
+
+
+def train_prior(args, seed: int, kind: str) -> Path:
+    """The seed's prior of `kind` ("open" | "closed"), trained once as a scene classifier."""
     from priorclip.training import train
     from priorclip.training.recipe import recipe_from_dict
 
-    data = Path(args.data)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    common = {"data": {"path": str(data / "dataset.json"), "labels": f"csv:{data / 'labels.csv'}", "captions": "one"},
-              "batch_size": args.batch_size, "workers": args.workers, "seed": args.seed, "device": "cpu",
-              "precision": "fp32", "tensorboard": False, "log_every": 10, "model_overrides": {"vision_cfg": {"image_size": args.image_size}}}
-    timings, t0 = {}, time.perf_counter()
-    prior_dir = out / "prior"
-    if not (prior_dir / "test_best.json").is_file():
-        # each training image once per epoch (the prior stage reads images, whatever data.captions says)
-        warmup = round(20 * 64 / args.prior_batch_size)
-        train(recipe_from_dict({**common, "stage": "prior", "model": "priorclip-closed-small", "epochs": args.prior_epochs,
-                                "batch_size": args.prior_batch_size, "lr": args.prior_lr, "weight_decay": 0.05,
-                                "warmup_steps": warmup,
-                                "model_overrides": {"vision_cfg": {"image_size": args.prior_image_size}}}),
-              out_dir=prior_dir)
-    timings["prior_s"] = round(time.perf_counter() - t0, 1)
-    prior_acc = json.loads((prior_dir / "test_best.json").read_text()).get("accuracy")
-    prior_acc_used = prior_accuracy(prior_dir, data, args.image_size) if args.prior_image_size != args.image_size else prior_acc
+    run = Path(args.out) / str(seed) / f"prior-{kind}"
+    if not (run / "test_best.json").is_file():
+        if kind == "open":
+            model, overrides = "priorclip-open-small", model_overrides("OPEN", args.tiny)
+        else:
+            model, overrides = "priorclip-closed-small", model_overrides("CLOSED", args.tiny)
+            if not args.tiny:
+                overrides["vision_cfg"]["image_size"] = args.closed_prior_image_size
+        recipe = {**_common(args, seed), "stage": "prior", "model": model, "model_overrides": overrides,
+                  "epochs": args.prior_epochs, "lr": args.prior_lr, "weight_decay": 0.05, "warmup_steps": 20}
+        _fresh(run)
+        train(recipe_from_dict(recipe), out_dir=run)
+    return run
 
-    results = {}
-    for name, model in (("PriorCLIP (closed, small)", "priorclip-closed-small"), ("baseline (same backbones)", "priorclip-closed-baseline-small")):
-        key = "priorclip" if "PriorCLIP" in name else "baseline"
-        run_dir = out / key
-        t1 = time.perf_counter()
-        if not (run_dir / "test_best.json").is_file():
-            overrides = dict(common["model_overrides"])
-            recipe = {**common, "stage": "closed", "model": model, "epochs": args.epochs, "lr": args.lr,
-                      "weight_decay": 0.02, "warmup_steps": 30, "affiliation_weight": args.affiliation_weight if key == "priorclip" else 0.0}
-            if key == "priorclip":
-                overrides["pae_cfg"] = {"filter_size": args.filter_size}
-                recipe["prior_checkpoint"] = str(prior_dir)
-            recipe["model_overrides"] = overrides
-            train(recipe_from_dict(recipe), out_dir=run_dir)
-        timings[f"{key}_s"] = round(time.perf_counter() - t1, 1)
-        results[name] = json.loads((run_dir / "test_best.json").read_text())
-    # includes the prior's accuracy at the used size; a stage already done in --out costs ~0 s
-    timings["total_s"] = round(time.perf_counter() - t0, 1)
-    timings["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
 
-    rows = []
-    for name, report in results.items():
-        table = format_recall_table(report).splitlines()
-        rows.append(f"| {name} " + table[-1])
-    header = format_recall_table(next(iter(results.values()))).splitlines()[:2]
-    mr = {k: v["expected"]["mr"] for k, v in results.items()}
-    names = list(mr)
-    diff = mr[names[0]] - mr[names[1]]
-    md = [
-        f"`benchmarks/ucm_from_scratch/run.py`: UCM-captions `dataset.json` test split (210 images, 1,050 captions), "
-        f"models trained from scratch on this machine's 2 CPU cores, {args.image_size} px, same seed ({args.seed}), "
-        f"budget ({args.epochs} epochs, one caption per image per epoch, batch {args.batch_size}, lr {args.lr}), "
-        f"each selected on val mR. Prior: resnet10t trained {args.prior_epochs} epochs at {args.prior_image_size} px "
-        f"(batch {args.prior_batch_size}, lr {args.prior_lr}) as a 21-class scene classifier on the train split "
-        f"(test accuracy {prior_acc_used:.1f} % at the {args.image_size} px it is used at"
-        + (f", {prior_acc:.1f} % at {args.prior_image_size} px" if args.prior_image_size != args.image_size else "")
-        + "), then frozen. Tie rule `expected`; `[min–max]` where ties allow several answers.",
+def _fresh(run: Path) -> None:
+    """An unfinished run directory (interrupted) is started again from nothing."""
+    import shutil
+
+    if run.exists():
+        shutil.rmtree(run)
+
+
+def run_chain(args, seed: int, key: str, spec: dict) -> dict:
+    """Our trainer through the subject's stages; the last stage's val-selected checkpoint is the result."""
+    from priorclip.training import train
+    from priorclip.training.recipe import recipe_from_dict
+
+    base = Path(args.out) / str(seed) / key
+    chain = spec["chain"]
+    prior = None
+    if spec.get("prior"):
+        prior = train_prior(args, seed, spec["prior"]) if spec.get("trained_prior", True) else None
+    epochs = {"all": args.epochs, "stage1": args.epochs - args.stage2_epochs, "stage2": args.stage2_epochs}
+    stages, init = [], None
+    for i, st in enumerate(chain):
+        run = base if len(chain) == 1 else base / f"stage{i + 1}"
+        n_epochs = epochs[st["epochs"]]
+        if n_epochs == 0:  # --stage2-epochs 0
+            continue
+        if not (run / "test_best.json").is_file():
+            recipe = {**_common(args, seed), "stage": st["stage"], "epochs": n_epochs,
+                      "affiliation_weight": st["affiliation"]}
+            if st["stage"] == "finetune":
+                recipe.update(init_checkpoint=str(init), lr=args.stage2_lr, warmup_steps=0)
+            else:
+                recipe.update(model=st["model"], model_overrides=model_overrides(st["overrides"], args.tiny), lr=args.lr,
+                              warmup_steps=args.warmup)
+                if prior is not None:
+                    recipe["prior_checkpoint"] = str(prior)
+                elif spec.get("prior") and st["model"].startswith("priorclip-open"):
+                    # untrained prior: random, but frozen like a trained one
+                    recipe["model_overrides"]["vision_cfg"]["prior_frozen"] = True
+            _fresh(run)
+            train(recipe_from_dict(recipe), out_dir=run)
+        stages.append(_stage_figures(run))
+        init = run / "checkpoints" / "best"
+    result = {"subject": key, "trainer": "priorclip", "test": json.loads((run / "test_best.json").read_text()),
+              "stages": stages, "train_s": sum(s["train_s"] for s in stages),
+              "wall_s": sum(s["wall_s"] for s in stages), "pairs_seen": sum(s["pairs"] for s in stages),
+              # the most any stage trains (stage 1; stage 2 freezes the prior and the text tower)
+              "params_trainable": max(s["params_trainable"] for s in stages)}
+    if prior is not None:
+        result["prior"] = _prior_figures(prior)
+    result["pairs_per_s"] = result["pairs_seen"] / max(result["train_s"], 1e-9)
+    return result
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _stage_figures(run: Path) -> dict:
+    """Pairs, training seconds (validation excluded), wall seconds and trained parameters of one
+    run, from its log."""
+    import yaml
+
+    log = _log(run)
+    epochs = [r for r in log if r["event"] == "epoch"]
+    start = next(r for r in log if r["event"] in ("start", "resume"))
+    end = [r for r in log if r["event"] == "end"][-1]
+    return {"run": str(run), "stage": yaml.safe_load((run / "config.yaml").read_text())["stage"],
+            "epochs": len(epochs), "pairs": sum(r["samples"] for r in epochs),
+            "train_s": sum(r["train_s"] for r in epochs), "wall_s": end["time"] - start["time"],
+            "val_scores": [r.get("val_score") for r in epochs], "params_trainable": start["params_trainable"]}
+
+
+def _prior_figures(prior: Path) -> dict:
+    epochs = [r for r in _log(prior) if r["event"] == "epoch"]
+    return {"run": str(prior), "test_accuracy": json.loads((prior / "test_best.json").read_text())["accuracy"],
+            "train_s": sum(r["train_s"] for r in epochs), "images_seen": sum(r["samples"] for r in epochs)}
+
+
+def run_subject(args, seed: int, key: str) -> dict:
+    spec = SUBJECTS[key]
+    t0 = time.perf_counter()
+    if spec.get("trainer") == "open_clip_train":
+        from open_clip_subject import run_open_clip_train
+
+        res = run_open_clip_train(Path(args.data), Path(args.out) / str(seed) / key,
+                                  model_overrides(spec["model"], args.tiny), seed=seed, epochs=args.epochs,
+                                  batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                                  weight_decay=args.weight_decay, workers=args.workers)
+        res = {**res, "trainer": "open_clip_train", "wall_s": res["train_s"] + res["eval_s"]}
+    else:
+        res = run_chain(args, seed, key, spec)
+    res["seconds_this_call"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+# ---- the report -----------------------------------------------------------------------------
+
+def _mr(res: dict) -> float:
+    return res["test"]["expected"]["mr"]
+
+
+def summarise(results: dict[str, dict[int, dict]]) -> dict:
+    """Per subject: test mR per seed, mean and sd; pairs/s; trainable parameters."""
+    out = {}
+    for key, by_seed in results.items():
+        mrs = [_mr(r) for _, r in sorted(by_seed.items())]
+        out[key] = {"seeds": sorted(by_seed), "mr": mrs, "mean": statistics.fmean(mrs),
+                    "sd": statistics.stdev(mrs) if len(mrs) > 1 else None,
+                    "pairs_seen": sorted({r["pairs_seen"] for r in by_seed.values()}),
+                    "pairs_per_s": statistics.fmean(r["pairs_per_s"] for r in by_seed.values()),
+                    "wall_s": statistics.fmean(r["wall_s"] for r in by_seed.values()),
+                    "params_trainable": by_seed[min(by_seed)]["params_trainable"]}
+    return out
+
+
+def markdown(args, results, summary) -> str:
+    from priorclip.evaluation.metrics import format_recall_table
+
+    lines = [
+        f"`benchmarks/ucm_from_scratch/run.py`: UCM-captions `dataset.json` test split (210 images, 1,050 captions); "
+        f"every subject trained from random weights on the train split with the same pairs "
+        f"({_pairs_text(summary)}: {args.epochs} passes over every (image, caption) pair, batch {args.batch_size}), "
+        f"lr {args.lr} (stage 2: {args.stage2_lr}), warm-up {args.warmup}, weight decay {args.weight_decay}, fp32, "
+        f"each selected on val mR (every epoch), tie rule `expected`. Priors: a scene classifier trained "
+        f"{args.prior_epochs} epochs on the train split's images and labels, then frozen.",
         "",
-        "| Model " + header[0],
-        "|---" + header[1],
-        *rows,
-        "",
-        f"mR difference (PriorCLIP − baseline): **{diff:+.2f}** points. Wall time: prior {timings['prior_s']:.0f} s, "
-        f"PriorCLIP {timings['priorclip_s']:.0f} s, baseline {timings['baseline_s']:.0f} s; "
-        f"total {timings['total_s'] / 60:.1f} min (1/5/15-min load average at the end: "
-        f"{', '.join(f'{x:.1f}' for x in timings['load_average_end'])}).",
-        "",
+        "| subject | seeds | test mR per seed | mean ± sd | trained params | pairs/s |",
+        "|---|---|---|---:|---:|---:|",
     ]
-    figures = {"args": vars(args), "timings": timings, "prior_test_accuracy": prior_acc_used,
-               "prior_test_accuracy_at_prior_image_size": prior_acc,
-               "results": {k: {r: v[r] for r in ("expected", "optimistic", "pessimistic", "index")}
-                           for k, v in results.items()},
-               "mr_difference": diff}
-    text = "\n".join(md)
+    for key, s in summary.items():
+        sd = f" ± {s['sd']:.2f}" if s["sd"] is not None else ""
+        lines.append(f"| {SUBJECTS[key]['name']} | {', '.join(map(str, s['seeds']))} | "
+                     f"{' / '.join(f'{m:.2f}' for m in s['mr'])} | **{s['mean']:.2f}**{sd} | "
+                     f"{s['params_trainable'] / 1e6:.2f} M | {s['pairs_per_s']:.1f} |")
+    ref = summary.get("open_clip_train")
+    if ref:
+        lines += ["", "Against open_clip_train, same seed (mR difference per seed, then mean):", ""]
+        for key, s in summary.items():
+            if key == "open_clip_train":
+                continue
+            pairs = [(seed, m - ref["mr"][ref["seeds"].index(seed)]) for seed, m in zip(s["seeds"], s["mr"])
+                     if seed in ref["seeds"]]
+            if pairs:
+                lines.append(f"- {SUBJECTS[key]['name']}: " + ", ".join(f"seed {sd} {d:+.2f}" for sd, d in pairs)
+                             + f"; mean {statistics.fmean(d for _, d in pairs):+.2f}")
+    lines += ["", "Full tables (first seed of each subject; `[min–max]` where tied captions allow several answers):", ""]
+    first = {key: by_seed[min(by_seed)] for key, by_seed in results.items()}
+    header = format_recall_table(next(iter(first.values()))["test"]).splitlines()[:2]
+    lines += ["| subject " + header[0], "|---" + header[1]]
+    for key, res in first.items():
+        lines.append(f"| {SUBJECTS[key]['name']} (seed {min(results[key])}) " + format_recall_table(res["test"]).splitlines()[-1])
+    priors = {(seed, r["prior"]["run"]): r["prior"] for by_seed in results.values() for seed, r in by_seed.items()
+              if "prior" in r}
+    if priors:
+        lines += ["", "Priors (scene classifiers, test accuracy): " + "; ".join(
+            f"{Path(run).name} seed {seed} {p['test_accuracy']:.1f} % ({p['train_s']:.0f} s)"
+            for (seed, run), p in sorted(priors.items()))]
+    lines += ["", "Wall time per subject (mean over its seeds; training + validation every epoch): " + "; ".join(
+        f"{key} {s['wall_s'] / 60:.1f} min" for key, s in summary.items()), ""]
+    return "\n".join(lines)
+
+
+def _pairs_text(summary) -> str:
+    pairs = sorted({p for s in summary.values() for p in s["pairs_seen"]})
+    return " / ".join(f"{p:,}" for p in pairs) + " pairs"
+
+
+def write_readme(text: str, path: Path = ROOT / "README.md") -> None:
+    readme = path.read_text()
+    start, end = readme.find(README_START), readme.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{path}: no {README_START} ... {README_END} block to replace")
+    new = readme[:start + len(README_START)] + "\n" + text.strip() + "\n" + readme[end:]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(new)
+    tmp.replace(path)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from results_md import save_results
+
+    results: dict[str, dict[int, dict]] = {}
+    for seed in args.seeds if args.seeds else []:
+        for key in args.subjects:
+            if SUBJECTS[key]["group"] != "main" and seed not in args.ablation_seeds:
+                continue
+            print(f"== seed {seed}: {SUBJECTS[key]['name']}", flush=True)
+            res = run_subject(args, seed, key)
+            results.setdefault(key, {})[seed] = res
+            print(f"   test mR {_mr(res):.2f}, {res['pairs_seen']:,} pairs, {res['pairs_per_s']:.1f} pairs/s", flush=True)
+    if not results:
+        raise SystemExit("nothing to do: no subject for the seeds given")
+    summary = summarise(results)
+    text = markdown(args, results, summary)
     print(text)
-    if not args.no_results_md:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from results_md import save_results
-
-        save_results("results_ucm.json", figures, "## UCM-captions from scratch", text,
-                     "benchmarks/ucm_from_scratch/run.py")
-
-
-def prior_accuracy(prior_dir: Path, data: Path, image_size: int, split: str = "test") -> float:
-    """Accuracy (%) of the prior run's best checkpoint on `split`, at `image_size` (the evaluation
-    transform PriorCLIP feeds it), rather than at the size it was trained and selected at."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from priorclip.data.karpathy import KarpathyCaptions
-    from priorclip.models.transforms import image_transform
-    from priorclip.training.checkpointing import load_prior_classifier
-    from priorclip.training.loop import prior_input
-
-    import priorclip.models as pm
-
-    icfg = pm.get_model_config("priorclip-closed-small").get("image_cfg", {})
-    tf = image_transform(image_size, train=False, mean=icfg.get("mean"), std=icfg.get("std"))
-    ds = KarpathyCaptions(data / "dataset.json", split=split, transforms=tf, labels=f"csv:{data / 'labels.csv'}",
-                          mode="images")
-    model = load_prior_classifier(prior_dir)[0].eval()
-    loader = DataLoader(ds, batch_size=64, num_workers=2,
-                        collate_fn=lambda b: (torch.stack([s["image"] for s in b]), torch.tensor([s["label"] for s in b])))
-    correct = total = 0
-    with torch.inference_mode():
-        for images, labels in loader:
-            keep = labels >= 0
-            correct += int((model(prior_input(images)).argmax(1)[keep] == labels[keep]).sum())
-            total += int(keep.sum())
-    return 100.0 * correct / max(total, 1)
+    figures = {"args": vars(args), "summary": summary, "load_average_end": [round(x, 2) for x in os.getloadavg()],
+               "results": {k: {str(s): r for s, r in v.items()} for k, v in results.items()}}
+    save_results(args.json, figures, "## UCM-captions from scratch", text, "benchmarks/ucm_from_scratch/run.py",
+                 markdown=args.results_md)
+    complete = all(key in results and set(args.seeds) <= set(results[key]) for key in MAIN)
+    if args.readme:
+        if not complete:
+            raise SystemExit("--readme: the README table needs every main row for every seed; "
+                             f"have {sorted((k, sorted(v)) for k, v in results.items())}")
+        write_readme(text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""benchmarks/ucm_from_scratch/run.py on tiny models and a tiny synthetic dataset: the subjects'
+stage chains, equal pairs, the report, resuming, and the README table's guard."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ucm_from_scratch" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("priorclip_ucm_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny_ucm(tmp_path_factory) -> Path:
+    from priorclip.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("tiny_ucm")
+    generate_synthetic_dataset(root, n_per_class=6, image_size=64, seed=0, classes=["airport", "farmland", "beach"])
+    return root
+
+
+@pytest.mark.slow
+def test_subject_chains_equal_pairs_report_and_resume(bench, tiny_ucm, tmp_path):
+    out, results = tmp_path / "runs", tmp_path / "results.json"
+    argv = ["--tiny", "--data", str(tiny_ucm), "--out", str(out), "--seeds", "0", "--epochs", "2", "--stage2-epochs", "1",
+            "--prior-epochs", "1", "--batch-size", "8", "--workers", "0", "--subjects", "clip", "priorclip_open",
+            "--results-md", str(tmp_path / "RESULTS.md"), "--json", str(results)]
+    bench.main(argv)
+    figures = json.loads(results.read_text())
+    clip, prior = figures["results"]["clip"]["0"], figures["results"]["priorclip_open"]["0"]
+    # 3 classes x 4 train images x 5 captions = 60 pairs, 7 batches of 8 per pass, 2 passes
+    assert clip["pairs_seen"] == prior["pairs_seen"] == 2 * 7 * 8
+    assert [s["stage"] for s in prior["stages"]] == ["pretrain", "finetune"] and len(clip["stages"]) == 1
+    assert prior["stages"][1]["params_trainable"] < prior["stages"][0]["params_trainable"]  # text + prior frozen
+    assert prior["prior"]["images_seen"] == 8 and 0 <= prior["prior"]["test_accuracy"] <= 100
+    stage1 = yaml.safe_load((out / "0" / "priorclip_open" / "stage1" / "config.yaml").read_text())
+    stage2 = yaml.safe_load((out / "0" / "priorclip_open" / "stage2" / "config.yaml").read_text())
+    assert stage1["prior_checkpoint"] == str(out / "0" / "prior-open") and stage1["affiliation_weight"] == 1.0
+    assert stage2["init_checkpoint"] == str(out / "0" / "priorclip_open" / "stage1" / "checkpoints" / "best")
+    for res in (clip, prior):
+        assert res["test"]["expected"]["mr"] == pytest.approx(
+            json.loads(Path(res["stages"][-1]["run"], "test_best.json").read_text())["expected"]["mr"])
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "## UCM-captions from scratch" in md and "PriorCLIP open" in md and "112 pairs" in md
+
+    # finished runs are read back, not trained again
+    logs = sorted(out.rglob("log.jsonl"))
+    mtimes = [p.stat().st_mtime_ns for p in logs]
+    bench.main(argv)
+    assert [p.stat().st_mtime_ns for p in logs] == mtimes
+    # the README table is only replaced by a complete run (every main row, every seed)
+    with pytest.raises(SystemExit, match="every main row"):
+        bench.main(argv + ["--readme"])
+
+
+def test_readme_block_is_replaced_between_markers(bench, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{bench.README_START}\nold table\n{bench.README_END}\nafter\n")
+    bench.write_readme("| new | table |", readme)
+    assert readme.read_text() == f"intro\n{bench.README_START}\n| new | table |\n{bench.README_END}\nafter\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="ucm-table"):
+        bench.write_readme("x", readme)
+
+
+def test_stage_budget_arguments_are_checked(bench):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--epochs", "2", "--stage2-epochs", "2"])

@@ -63,3 +63,34 @@ def test_set_merges_into_file_mapping(tmp_path):
     r = load_recipe(p, ["data.images_root=/imgs", "model_overrides.pae_cfg.heads=2"])
     assert (r.data.path, r.data.labels, r.data.images_root) == ("x", "prefix", "/imgs")
     assert r.model_overrides == {"embed_dim": 32, "pae_cfg": {"heads": 2}}
+
+
+def test_data_aug_sets_the_training_augmentation(tiny_dataset, tmp_path):
+    """data.aug overrides the paper's augmentation options (here: open_clip_train's, RandomResizedCrop
+    0.9-1 only); unknown options and attribution settings out of range are named errors."""
+    from torchvision import transforms as T
+
+    from priorclip.training.loop import Trainer
+
+    from training_helpers import TINY_BASELINE, base_recipe
+
+    def steps(aug):
+        data = {"path": str(tiny_dataset), "labels": "prefix", "augment": True, "aug": aug}
+        (tmp_path / "probe").mkdir(exist_ok=True)  # the closed model's vocabulary is written there
+        trainer = Trainer(recipe_from_dict(base_recipe(tiny_dataset, model_overrides=TINY_BASELINE, data=data)),
+                          tmp_path / "probe")
+        trainer.build()
+        return trainer.train_tf.transforms
+
+    paper = steps({})
+    assert {type(t) for t in paper} >= {T.RandomResizedCrop, T.RandomHorizontalFlip, T.RandAugment}
+    light = steps({"scale": [0.9, 1.0], "hflip": 0, "randaug_num_ops": 0})
+    crop = [t for t in light if isinstance(t, T.RandomResizedCrop)]
+    assert crop and tuple(crop[0].scale) == (0.9, 1.0)
+    assert not any(isinstance(t, (T.RandomHorizontalFlip, T.RandAugment)) for t in light)
+    with pytest.raises(ConfigError, match=r"data.aug.*randaug_ops"):
+        recipe_from_dict({"data": {"path": "x", "aug": {"randaug_ops": 1}}})
+    with pytest.raises(ConfigError, match="affiliation_centres"):
+        recipe_from_dict({"data": {"path": "x"}, "affiliation_centres": "per-gpu"})
+    with pytest.raises(ConfigError, match="affiliation_temperature"):
+        recipe_from_dict({"data": {"path": "x"}, "affiliation_temperature": 0})

@@ -14,12 +14,13 @@ class RetrievalModelAPI:
     def tokenize(self, texts) -> torch.Tensor:
         return self.tokenizer(texts)
 
-    def image_transform(self, train: bool = False):
+    def image_transform(self, train: bool = False, aug: dict | None = None):
+        """`aug`: training-augmentation options overriding `transforms.DEFAULT_AUG` (train only)."""
         from .transforms import image_transform
 
         icfg = self.model_config.get("image_cfg", {})
         return image_transform(self.model_config["vision_cfg"].get("image_size", 224), train=train,
-                               mean=icfg.get("mean"), std=icfg.get("std"))
+                               mean=icfg.get("mean"), std=icfg.get("std"), aug=aug if train else None)
 
     def optimize_for_inference(self, enabled: bool = True, **options):
         """Switch on (or off) the model's inference-only speed-ups; a no-op for models without a

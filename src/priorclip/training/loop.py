@@ -459,7 +459,8 @@ class Trainer:
             image_size = base["vision_cfg"].get("image_size", 224)
             icfg = base.get("image_cfg", {})
 
-            tf = image_transform(image_size, train=r.data.augment, mean=icfg.get("mean"), std=icfg.get("std"))
+            tf = image_transform(image_size, train=r.data.augment, mean=icfg.get("mean"), std=icfg.get("std"),
+                                 aug=r.data.aug if r.data.augment else None)
             self.eval_tf = image_transform(image_size, train=False, mean=icfg.get("mean"), std=icfg.get("std"))
             self.train_ds = _dataset(r, r.data.train_split, tf, "images")
             classes = self.train_ds.classes
@@ -500,7 +501,7 @@ class Trainer:
             classes = probe.classes if probe is not None else []
             if stage == "closed" and not (r.affiliation_weight and classes) and hasattr(self.model, "temp2"):
                 self.model.temp2.requires_grad_(False)  # unused: keep DDP from waiting for its gradient
-            self.train_tf = self.model.image_transform(train=r.data.augment)
+            self.train_tf = self.model.image_transform(train=r.data.augment, aug=r.data.aug)
             if self.shard_urls is not None:
                 self.train_ds = None  # a stream (see _shard_loader); shards carry no scene labels
                 self.use_labels = False

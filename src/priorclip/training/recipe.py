@@ -32,6 +32,8 @@ class DataSpec:
     val_split: str | None = "val"  # model selection; null: no selection (best = last)
     test_split: str | None = "test"  # reported at the end, never used for selection
     augment: bool = True  # the paper's training augmentation (RandomResizedCrop, flip, RandAugment)
+    aug: dict = field(default_factory=dict)  # overrides of its options (models/transforms.py DEFAULT_AUG), e.g.
+    #                                          {scale: [0.9, 1], hflip: 0, randaug_num_ops: 0} = open_clip's
     captions: str = "all"  # "all": every (image, caption) pair each epoch (the released code); "one": each
     #                        image once per epoch with one of its captions drawn from (seed, epoch, index)
     shards: str | list | None = None  # webdataset tar shards for training (brace pattern, glob, '::' or a list);
@@ -187,6 +189,11 @@ def validate(recipe: Recipe) -> Recipe:
                          "vocab.txt")
     elif d.path is None:
         bad("data.path", "is required (or data.shards for training): a Karpathy dataset JSON or the folder holding it")
+    from priorclip.models.transforms import DEFAULT_AUG
+
+    unknown = sorted(set(d.aug) - set(DEFAULT_AUG))
+    if unknown:
+        bad("data.aug", f"unknown option(s) {unknown}; known: {', '.join(DEFAULT_AUG)}")
     if d.shuffle_buffer < 0:
         bad("data.shuffle_buffer", f"must be >= 0, got {d.shuffle_buffer}")
     if recipe.stage == "prior" and recipe.data.labels.strip().lower() in ("", "none"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import priorclip.models as pm
-from priorclip.training.loop import Trainer
+from priorclip.training.loop import Trainer, frozen_prior
 from priorclip.training.recipe import recipe_from_dict
 
 from training_helpers import base_recipe, read_log
@@ -18,13 +18,19 @@ TINY_OPEN = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "wid
 
 
 class _Counting(Trainer):
-    """Records the epoch and batch size of every res_visual call."""
+    """Records the epoch and batch size of every call of the frozen prior (`prior_features`, which
+    runs res_visual or its BatchNorm-folded inference copy)."""
 
     def build(self):
         super().build()
         self.prior_calls = []
-        self.model.res_visual.register_forward_hook(
-            lambda mod, args, out: self.prior_calls.append((self.epoch, len(args[0]))))
+        inner = self.model.prior_features
+
+        def counted(images):
+            self.prior_calls.append((self.epoch, len(images)))
+            return inner(images)
+        self.model.prior_features = counted
+        self.prior_fn = frozen_prior(self.model)
 
 
 def _run(tiny_dataset, tmp_path, init, name, **kw):

@@ -197,7 +197,7 @@ def frozen_prior(model: nn.Module):
             return None
         if any(p.requires_grad for p in model.res_visual.parameters()):
             return None
-        return model.res_visual
+        return model.prior_features  # the inference copy (BatchNorm folded) once optimize_for_inference
     prior = getattr(model, "prior", None)
     if isinstance(prior, nn.Module) and getattr(prior, "frozen", False) \
             and not any(p.requires_grad for p in prior.parameters()):
@@ -511,9 +511,10 @@ class Trainer:
                                          "pairs" if r.data.captions == "all" else "images", on_error="skip")
                 self.use_labels = bool(r.affiliation_weight) and bool(self.train_ds.classes)
         self.model.to(self.device)
-        # closed stage, frozen prior: run it outside the autograd graph (channels_last on CPU; with
-        # the model's inference copy when it offers one), once per image when cached (_prior_cache)
-        self.prior_fn = frozen_prior(self.model) if stage == "closed" else None
+        # frozen prior (closed stage, or an open model's res_visual): run it outside the autograd
+        # graph (with the model's inference copy: BatchNorm folded, channels_last on CPU), once per
+        # image when cached (_prior_cache)
+        self.prior_fn = frozen_prior(self.model) if stage != "prior" else None
         if self.prior_fn is not None and callable(getattr(self.model, "optimize_for_inference", None)):
             self.model.optimize_for_inference()
         self._eval_priors: dict = {}

@@ -129,6 +129,24 @@ def test_multiband_tiffs_default_and_chosen_bands(tmp_path):
     assert (a2 == np.asarray(load_image(p, bands=(4, 3, 2)))).all()
 
 
+@pytest.mark.parametrize("writer", ["pil", "rasterio"])
+def test_16bit_grey_tiff_from_bytes_equals_file(tmp_path, writer):
+    """Issue #16.3: PIL opens a 16-bit grey TIFF, hands it to GDAL and closed the upload's stream."""
+    grey = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 13)
+    p = tmp_path / "gray16.tif"
+    if writer == "pil":
+        Image.fromarray(grey).save(p)
+        assert Image.open(p).mode.startswith("I;16")
+    else:
+        _write_tif(p, grey[None], "uint16")
+    from_file = np.asarray(load_image(p))
+    from_bytes = np.asarray(image_from_bytes(p.read_bytes(), "gray16.tif"))
+    assert from_file.shape == (48, 64, 3) and from_file.max() == 255
+    assert np.array_equal(from_bytes, from_file)
+    assert np.array_equal(np.asarray(image_from_bytes(p.read_bytes(), max_side=32)),
+                          np.asarray(load_image(p, max_side=32)))
+
+
 def test_float_tiff_with_nan(tmp_path):
     f = np.tile(np.linspace(-1, 1, 32, dtype=np.float32), (8, 1))
     f[0, 0] = np.nan

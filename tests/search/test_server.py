@@ -8,10 +8,12 @@ import shutil
 import sqlite3
 import threading
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from priorclip.data.images import load_image
 from priorclip.search.index import build_index
 from priorclip.search.query import SearchIndex
 from priorclip.search.server import STATIC_DIR, create_app
@@ -80,6 +82,19 @@ def test_image_upload_finds_the_same_image(served):
     assert top["name"] == query.name and top["score"] == pytest.approx(1.0, abs=1e-4)
     raw = client.post("/api/search/image?k=2", content=_jpeg_bytes(query), headers={"content-type": "image/jpeg"})
     assert raw.status_code == 200 and raw.json()["results"][0]["name"] == query.name
+
+
+def test_16bit_grey_tiff_upload_is_read_like_the_file(served, tmp_path):
+    """Issue #16.3: a 16-bit grey TIFF upload gave 400 'I/O operation on closed file'."""
+    client, idx, _ = served
+    p = tmp_path / "gray16.tif"
+    Image.fromarray((np.arange(96 * 128, dtype=np.uint16).reshape(96, 128) * 5)).save(p)
+    expected = [(h["id"], h["score"]) for h in idx.search_image(load_image(p), k=5)]
+    for kwargs in ({"files": {"file": ("gray16.tif", p.read_bytes(), "image/tiff")}},
+                   {"content": p.read_bytes(), "headers": {"content-type": "image/tiff"}}):
+        r = client.post("/api/search/image", params={"k": 5}, **kwargs)
+        assert r.status_code == 200, r.text
+        assert [(h["id"], h["score"]) for h in r.json()["results"]] == expected
 
 
 def test_item_thumbnail_scene_and_geojson(served):

@@ -97,7 +97,9 @@ def image_from_bytes(
     """Same as `load_image` for in-memory bytes (webdataset shards, uploads); `name` is used in errors."""
     if not data:
         raise DataError(f"{name}: empty image data (0 bytes)")
-    return _load(io.BytesIO(data), name, data[:16], bands, max_side)
+    # Pass the bytes, not one BytesIO: PIL's close() closes the stream it was given, and a TIFF
+    # PIL opens but hands on to GDAL (16-bit grey, ...) must still be readable afterwards.
+    return _load(bytes(data), name, data[:16], bands, max_side)
 
 
 def safe_load_image(
@@ -127,6 +129,7 @@ def _reason(exc: Exception, path) -> str:
 
 
 def _load(src, name: str, head: bytes, bands, max_side) -> Image.Image:
+    """`src` is a path or the encoded bytes; each reader opens its own stream on it."""
     if bands is not None:
         bands = _check_bands(bands, name)
     if max_side is not None and int(max_side) < 1:
@@ -160,13 +163,11 @@ class _PilCannotRead(Exception):
 
 def _pil_open(src, name: str, head: bytes, max_side):
     """Open (not decode) with PIL; bomb check applies to the size that will really be decoded."""
-    if isinstance(src, io.BytesIO):
-        src.seek(0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data": we raise instead
-            im = Image.open(src)
+            im = Image.open(_stream(src))
             if max_side is not None:
                 im.draft("RGB", (int(max_side), int(max_side)))
             return im
@@ -178,13 +179,11 @@ def _pil_open(src, name: str, head: bytes, max_side):
     except (OSError, ValueError, SyntaxError) as exc:
         raise _PilCannotRead(f"cannot read image header ({_short(exc)})") from None
     # A huge JPEG with max_side: open without the bomb check, decode at reduced scale, re-check.
-    if isinstance(src, io.BytesIO):
-        src.seek(0)
     with _bomb_lock:
         old = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
         try:
-            im = Image.open(src)
+            im = Image.open(_stream(src))
         finally:
             Image.MAX_IMAGE_PIXELS = old
     full = im.size
@@ -192,6 +191,11 @@ def _pil_open(src, name: str, head: bytes, max_side):
     if old is not None and im.size[0] * im.size[1] > old:
         raise _bomb(name, full, True)
     return im
+
+
+def _stream(src):
+    """A fresh stream over in-memory bytes (a path is opened by PIL itself)."""
+    return io.BytesIO(src) if isinstance(src, bytes) else src
 
 
 def _bomb(name, size, tried_draft) -> DataError:
@@ -283,8 +287,8 @@ def _load_raster(src, name: str, bands, max_side) -> Image.Image:
     try:
         with warnings.catch_warnings(), contextlib.ExitStack() as stack:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            if isinstance(src, io.BytesIO):
-                mem = stack.enter_context(rasterio.MemoryFile(src.getvalue()))
+            if isinstance(src, bytes):
+                mem = stack.enter_context(rasterio.MemoryFile(src))
                 ds = stack.enter_context(mem.open())
             else:
                 ds = stack.enter_context(rasterio.open(src))

@@ -222,6 +222,37 @@ def test_server_never_reads_outside_the_archive(fresh_served, tmp_path):
     assert client.get(f"/api/items/{e['id']}/thumbnail?size=128").status_code == 410
 
 
+def test_cached_thumbnail_and_overview_are_rechecked_on_every_request(fresh_served, tmp_path):
+    """Issue #16.4: a thumbnail cached before its file was swapped for a symlink was still served."""
+    client, _, archive = fresh_served
+    hits = client.get("/api/search", params={"q": "x", "k": 100}).json()["results"]
+    a, b = [h for h in hits if h["kind"] == "image"][:2]
+    tile = next(h for h in hits if h["kind"] == "tile")
+    thumb = f"/api/items/{a['id']}/thumbnail?size=128"
+    overview = f"/api/scenes/{tile['scene_id']}/overview"
+    assert client.get(thumb).status_code == 200 and client.get(overview).status_code == 200  # now cached
+
+    secret = tmp_path / "secret.jpg"
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(secret)
+    (archive / a["path"]).unlink()
+    (archive / a["path"]).symlink_to(secret)
+    r = client.get(thumb)
+    assert r.status_code == 403 and "outside" in r.json()["detail"]
+
+    scene = archive / "scene.tif"
+    shutil.move(scene, tmp_path / "scene.tif")
+    scene.symlink_to(tmp_path / "scene.tif")
+    assert client.get(overview).status_code == 403
+
+    # a file rewritten in place is read again, not answered from the cache
+    other = f"/api/items/{b['id']}/thumbnail?size=64"
+    before = client.get(other).content
+    Image.new("RGB", (64, 64), (0, 0, 255)).save(archive / b["path"], format="JPEG")
+    after = client.get(other)
+    assert after.status_code == 200 and after.content != before
+    assert Image.open(io.BytesIO(after.content)).convert("RGB").getpixel((5, 5))[2] > 200
+
+
 def test_unexpected_errors_are_json_500_without_traceback(served, monkeypatch):
     client, idx, _ = served
 

@@ -129,17 +129,21 @@ class SearchIndex:
 
     def thumbnail(self, item_id: int, size: int = 256) -> bytes:
         """JPEG of at most `size` px a side, decoded at reduced size (JPEG draft mode, GDAL
-        decimated/overview reads) and kept in a bounded LRU cache."""
+        decimated/overview reads) and kept in a bounded LRU cache.
+
+        The path check runs before the cache is consulted, and the cache key holds the file's
+        identity, so a file swapped for a symlink after it was cached is refused and a file
+        replaced in place is read again (issue #16.4)."""
         if size not in THUMB_SIZES:
             raise ConfigError(f"size={size}: choose one of {', '.join(map(str, THUMB_SIZES))}")
-        key = ("thumb", int(item_id), size)
-        cached = self._cache_get(key)
-        if cached is not None:
-            return cached
         item = self.store.item(item_id)
         if item is None or not item["embedded"]:
             raise KeyError(item_id)
         path = self.resolve_path(item)
+        key = ("thumb", int(item_id), size, _file_identity(path))
+        cached = self._cache_get(key)
+        if cached is not None:
+            return cached
         window = item["window"] if item["kind"] == "tile" else None
         image = read_item(path, window, item["stretch"], max_side=size)
         data = _jpeg(image, size)
@@ -156,15 +160,16 @@ class SearchIndex:
                 "tiles": s["tiles"]}
 
     def scene_overview(self, scene_id: int, side: int = OVERVIEW_SIDE) -> tuple[bytes, tuple[int, int]]:
-        """Downsampled whole scene as JPEG, plus its (width, height) in pixels."""
-        key = ("overview", int(scene_id), side)
-        cached = self._cache_get(key)
+        """Downsampled whole scene as JPEG, plus its (width, height) in pixels; path check and
+        cache key as in `thumbnail`."""
         s = self.store.scene(scene_id)
         if s is None:
             raise KeyError(scene_id)
+        path = self.resolve_path({"root_id": s["root_id"], "path": s["path"]})
+        key = ("overview", int(scene_id), side, _file_identity(path))
+        cached = self._cache_get(key)
         if cached is not None:
             return cached, (s["width"], s["height"])
-        path = self.resolve_path({"root_id": s["root_id"], "path": s["path"]})
         with open_raster(path) as ds:
             image = read_raster_window(ds, None, s["stretch"], out_side=side)
         data = _jpeg(image, side)
@@ -201,6 +206,13 @@ def _public_item(item: dict) -> dict:
             "name": os.path.basename(item["path"]), "root_id": item["root_id"],
             "window": item["window"], "crs": item["crs"], "bounds": item["bounds"],
             "footprint": item["footprint"], "scene_id": item["scene_id"], "scene_size": item["scene_size"]}
+
+
+def _file_identity(path: str) -> tuple[int, int, int, int]:
+    """Device, inode, size and mtime: changes when the file is replaced or rewritten.
+    A vanished file raises FileNotFoundError here, before a stale cache entry is served."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _relpath(path: str, root: str | None) -> str:

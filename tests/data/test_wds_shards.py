@@ -127,8 +127,63 @@ def test_resumed_stream_skips_without_decoding(shards, monkeypatch):
 
     decoded = []
     real = mod.decode_sample
-    monkeypatch.setattr(mod, "decode_sample", lambda s: decoded.append(s["__key__"]) or real(s))
+    monkeypatch.setattr(mod, "decode_sample", lambda s, **kw: decoded.append(s["__key__"]) or real(s, **kw))
     pipe = make_shard_pipeline([str(s) for s in shards], None, None, batch_size=2, resampled=False, shuffle_buffer=0,
                                start_batch=4, rank=0, world_size=1)
     out = [c for _, c in pipe]
     assert len(decoded) == 12 - 8 and len(out) == 2  # 4 batches of 2 skipped as raw tar members
+
+
+def _foreign_shard(path, image_key, caption_key, name_key=None, n=6):
+    """A shard in another layout (e.g. RS5M's img_content / caption / img_name)."""
+    rng = np.random.default_rng(1)
+    with wds.TarWriter(str(path)) as sink:
+        for i in range(n):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, format="JPEG")
+            sample = {"__key__": f"s{i:04d}", image_key: buf.getvalue(), caption_key: f"an airport number {i}".encode()}
+            if name_key:
+                sample[name_key] = f"airport_{i}.jpg".encode()
+            sink.write(sample)
+    return path
+
+
+def test_rs5m_keys_are_read_and_foreign_layouts_fail_fast(tmp_path):
+    from priorclip.data.shards import decode_sample
+    from priorclip.errors import DataError
+
+    rs5m = _foreign_shard(tmp_path / "rs5m.tar", "img_content", "caption", "img_name")
+    out = list(make_shard_pipeline([str(rs5m)], image_transform(16), None, batch_size=None, resampled=False,
+                                   shuffle_buffer=0))
+    assert len(out) == 6 and out[0][0].shape == (3, 16, 16) and out[2][1] == "an airport number 2"
+    raw = next(iter(wds.DataPipeline(wds.SimpleShardList([str(rs5m)]), wds.tarfile_to_samples())))
+    assert decode_sample(raw)["filename"] == "airport_0.jpg"
+
+    # a layout with other keys: the (endless, resampled) stream stops with the keys it found
+    other = _foreign_shard(tmp_path / "other.tar", "image", "text")
+    with pytest.raises(DataError, match=r"none of the first 4 samples.*keys found: image, text"):
+        from priorclip.data import shards as mod
+
+        pipe = wds.DataPipeline(wds.ResampledShards([str(other)], seed=0), wds.tarfile_to_samples(),
+                                mod.check_keys(mod.IMAGE_KEYS, mod.CAPTION_KEYS, limit=4))
+        list(islice(pipe, 10))  # the misses pass on (the decoder warns about each) until the 4th
+    with pytest.raises(DataError, match=r"keys found: image, text.*shard_image_keys"):
+        next(iter(make_shard_pipeline([str(other)], None, None, batch_size=2, resampled=True)))
+    # ... and is read once its keys are named
+    named = list(islice(make_shard_pipeline([str(other)], None, None, batch_size=None, resampled=False, shuffle_buffer=0,
+                                            image_keys=["image"], caption_keys=["text"]), 10))
+    assert [c for _, c in named] == [f"an airport number {i}" for i in range(6)]
+
+
+def test_recipe_shard_keys_reach_the_pipeline(tmp_path):
+    from priorclip.errors import ConfigError
+    from priorclip.training.loop import shard_keys
+    from priorclip.training.recipe import recipe_from_dict
+
+    base = {"stage": "pretrain", "model": "priorclip-open-small",
+            "data": {"shards": str(tmp_path / "x.tar"), "epoch_samples": 10}}
+    assert shard_keys(recipe_from_dict(base).data) == {}
+    r = recipe_from_dict(base, {"data": {"shard_image_keys": ["image"], "shard_caption_keys": ["text", "txt"]}})
+    assert shard_keys(r.data) == {"image_keys": ("image",), "caption_keys": ("text", "txt")}
+    with pytest.raises(ConfigError, match="data.shard_image_keys"):
+        recipe_from_dict(base, {"data": {"shard_image_keys": []}})

@@ -1,9 +1,14 @@
 """webdataset tar shards for large-scale pre-training (RS5M layout), read and written.
 
-A sample is a group of tar members sharing a key: image bytes under one of `jpg/jpeg/png/webp/
-tif/tiff`, the caption under `txt`, optional metadata under `json` (e.g. `{"filename": ...}`).
-Images are decoded with `image_from_bytes`, so shards get the same band/scaling policy as files.
-A broken sample or shard is warned about and skipped (`wds.warn_and_continue`), never fatal.
+A sample is a group of tar members sharing a key: image bytes under one of `IMAGE_KEYS`
+(`jpg/jpeg/png/webp/tif/tiff`, or RS5M's `img_content`), the caption under one of `CAPTION_KEYS`
+(`txt`, or RS5M's `caption`), optional metadata under `json` (e.g. `{"filename": ...}`) or RS5M's
+`img_name`. Other layouts name their keys (`image_keys=`, `caption_keys=`; recipe keys
+`data.shard_image_keys` / `data.shard_caption_keys`). Images are decoded with `image_from_bytes`,
+so shards get the same band/scaling policy as files. A broken sample or shard is warned about and
+skipped (`wds.warn_and_continue`); but when none of a stream's first `KEY_CHECK_SAMPLES` samples
+has the keys, the shards are of another layout and the stream fails at once with the keys it
+found (a resampled stream would otherwise skip forever and never yield a batch).
 
     pipe = make_shard_pipeline("/data/rs5m/{000000..000999}.tar", transforms=model.image_transform(True),
                                tokenize=model.tokenize, batch_size=256, epoch_samples=5_000_000 // world)
@@ -15,6 +20,7 @@ import io
 import json
 import logging
 import os
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -26,7 +32,9 @@ from priorclip.errors import DataError
 
 log = logging.getLogger(__name__)
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "tif", "tiff")
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "img_content")
+CAPTION_KEYS = ("txt", "caption")
+KEY_CHECK_SAMPLES = 64  # samples without the keys, and none with them, before a stream gives up
 
 
 def _split_by_rank(rank: int, world_size: int):
@@ -65,24 +73,59 @@ def _resume_position(start_batch: int, batch_size: int):
     return stage
 
 
-def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
+def _sample_keys(sample: dict) -> list[str]:
+    return sorted(k for k in sample if not k.startswith("__"))
+
+
+def check_keys(image_keys=IMAGE_KEYS, caption_keys=CAPTION_KEYS, limit: int = KEY_CHECK_SAMPLES):
+    """Stage: fail fast (DataError naming the keys found) when the first `limit` samples of a
+    stream all lack an image key or a caption key; after one good sample, misses are left to the
+    decoder (warned and skipped)."""
+    def stage(src):
+        good, misses, found = False, 0, set()
+        for sample in src:
+            if not good:
+                if any(k in sample for k in image_keys) and any(k in sample for k in caption_keys):
+                    good = True
+                else:
+                    misses += 1
+                    found.update(_sample_keys(sample))
+                    if misses >= limit:
+                        raise DataError(
+                            f"{sample.get('__url__', 'shards')}: none of the first {limit} samples has an image "
+                            f"(keys {', '.join(image_keys)}) and a caption (keys {', '.join(caption_keys)}); keys "
+                            f"found: {', '.join(sorted(found)) or 'none'}. Name this layout's keys with "
+                            f"data.shard_image_keys / data.shard_caption_keys (image_keys= / caption_keys=)")
+            yield sample
+
+    return stage
+
+
+def decode_sample(sample: dict[str, Any], image_keys=IMAGE_KEYS, caption_keys=CAPTION_KEYS) -> dict[str, Any]:
     """Raw tar sample -> {"image": PIL RGB, "caption": str, "key": str, "filename": str}."""
     key = sample.get("__key__", "?")
     src = f"{sample.get('__url__', '?')}:{key}"
-    ext = next((k for k in IMAGE_KEYS if k in sample), None)
+    ext = next((k for k in image_keys if k in sample), None)
     if ext is None:
-        raise DataError(f"{src}: sample has no image (looked for {', '.join(IMAGE_KEYS)})")
-    if "txt" not in sample:
-        raise DataError(f"{src}: sample has no caption ('txt')")
-    image = image_from_bytes(sample[ext], f"{src}.{ext}")
-    caption = sample["txt"].decode("utf-8").strip() if isinstance(sample["txt"], bytes) else str(sample["txt"])
+        raise DataError(f"{src}: sample has no image (looked for {', '.join(image_keys)}; it has "
+                        f"{', '.join(_sample_keys(sample))})")
+    cap = next((k for k in caption_keys if k in sample), None)
+    if cap is None:
+        raise DataError(f"{src}: sample has no caption (looked for {', '.join(caption_keys)}; it has "
+                        f"{', '.join(_sample_keys(sample))})")
     filename = f"{key}.{ext}"
-    if "json" in sample:
+    if "img_name" in sample:  # RS5M
+        name = sample["img_name"]
+        filename = (name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)).strip() or filename
+    elif "json" in sample:
         try:
             meta = json.loads(sample["json"])
             filename = meta.get("filename", meta.get("name", filename)) if isinstance(meta, dict) else filename
         except (ValueError, TypeError):
             pass
+    image = image_from_bytes(sample[ext], f"{src}.{ext} ({filename})")
+    text = sample[cap]
+    caption = text.decode("utf-8").strip() if isinstance(text, bytes) else str(text)
     return {"image": image, "caption": caption, "key": key, "filename": filename, "__pos__": sample.get("__pos__")}
 
 
@@ -101,6 +144,8 @@ def make_shard_pipeline(
     partial_batches: bool = False,
     start_batch: int = 0,
     sample_seed: int | None = None,
+    image_keys: Iterable[str] = IMAGE_KEYS,
+    caption_keys: Iterable[str] = CAPTION_KEYS,
 ) -> wds.DataPipeline:
     """A webdataset pipeline yielding `(images, texts)` batches (or single samples if batch_size is None).
 
@@ -119,7 +164,12 @@ def make_shard_pipeline(
       are skipped as raw tar members (never decoded), and with `sample_seed` their augmentation is
       not needed either. (A skipped sample that would have failed to decode shifts the stream by
       one sample: the only inexactness.)
+    * `image_keys` / `caption_keys`: tar member extensions holding the image / caption, first
+      found wins (defaults: ours and RS5M's); a stream none of whose first samples has them fails.
     """
+    image_keys, caption_keys = tuple(image_keys), tuple(caption_keys)
+    if not image_keys or not caption_keys:
+        raise DataError("make_shard_pipeline: image_keys and caption_keys must each name at least one key")
     if isinstance(urls, (list, tuple)):
         urls = [str(u) for u in urls]
         if not urls:
@@ -153,10 +203,12 @@ def make_shard_pipeline(
         stages.append(_split_by_rank(rank, world_size) if rank is not None else wds.split_by_node)
         stages.append(by_virtual_worker)
     stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue))
+    stages.append(check_keys(image_keys, caption_keys))
     if shuffle_buffer and shuffle_buffer > 1:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed))
     stages.append(_resume_position(start_batch, batch_size or 1))
-    stages.append(wds.map(decode_sample, handler=wds.warn_and_continue))
+    stages.append(wds.map(partial(decode_sample, image_keys=image_keys, caption_keys=caption_keys),
+                          handler=wds.warn_and_continue))
     stages.append(wds.map(to_pair, handler=wds.warn_and_continue))
     if batch_size:
         stages.append(wds.batched(batch_size, partial=partial_batches))

@@ -171,6 +171,16 @@ def resolve_shards(spec: str | list[str]) -> list[str]:
     return urls
 
 
+def shard_keys(data) -> dict:
+    """make_shard_pipeline's image_keys / caption_keys from a recipe's data section (defaults unset)."""
+    out = {}
+    if data.shard_image_keys is not None:
+        out["image_keys"] = tuple(data.shard_image_keys)
+    if data.shard_caption_keys is not None:
+        out["caption_keys"] = tuple(data.shard_caption_keys)
+    return out
+
+
 def _mix_seed(*parts: int) -> int:
     """One 63-bit seed from several integers (seed, epoch, rank, position)."""
     h = 0x9E3779B97F4A7C15
@@ -680,7 +690,7 @@ class Trainer:
         pipe = make_shard_pipeline(self.shard_urls, transforms=self.train_tf, tokenize=None, batch_size=r.batch_size,
                                    resampled=True, seed=seed % (1 << 31), shuffle_buffer=r.data.shuffle_buffer,
                                    rank=self.info.rank, world_size=self.info.world_size, start_batch=start_micro,
-                                   sample_seed=seed % (1 << 31))
+                                   sample_seed=seed % (1 << 31), **shard_keys(r.data))
         # with_epoch counts per worker: each yields its share (one spare), the loader interleaves them
         pipe = pipe.with_epoch(math.ceil(n_batches / max(1, r.workers)) + 1)
         loader = DataLoader(pipe, batch_size=None, num_workers=r.workers, pin_memory=self.device.type == "cuda",

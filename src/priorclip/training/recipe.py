@@ -40,6 +40,8 @@ class DataSpec:
     #                                   data.path then only serves val_split / test_split
     epoch_samples: int | None = None  # with shards: samples per epoch over all processes (the stream is resampled)
     shuffle_buffer: int = 1000  # with shards: samples in each worker's shuffle buffer
+    shard_image_keys: list | None = None  # with shards: tar member keys holding the image (null: ours + RS5M's)
+    shard_caption_keys: list | None = None  # ... and the caption (null: txt, caption)
 
 
 @dataclass
@@ -194,6 +196,10 @@ def validate(recipe: Recipe) -> Recipe:
     unknown = sorted(set(d.aug) - set(DEFAULT_AUG))
     if unknown:
         bad("data.aug", f"unknown option(s) {unknown}; known: {', '.join(DEFAULT_AUG)}")
+    for key in ("shard_image_keys", "shard_caption_keys"):
+        value = getattr(d, key)
+        if value is not None and (not value or not all(isinstance(k, str) and k for k in value)):
+            bad(f"data.{key}", f"expects a non-empty list of tar member keys (e.g. [jpg, png]), got {value!r}")
     if d.shuffle_buffer < 0:
         bad("data.shuffle_buffer", f"must be >= 0, got {d.shuffle_buffer}")
     if recipe.stage == "prior" and recipe.data.labels.strip().lower() in ("", "none"):

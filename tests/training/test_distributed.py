@@ -50,3 +50,35 @@ def test_two_process_gloo_epoch(tiny_dataset, tmp_path):
     weights = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
+
+
+def _vocab_worker(rank, port, tiny_dataset, out):
+    """One process of a two-process run whose ranks do not share storage (each its own run dir)
+    and whose own training captions differ: the vocabulary must still be rank 0's."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    import torch.distributed as dist
+
+    from priorclip.training.loop import Trainer
+    from priorclip.training.recipe import recipe_from_dict
+
+    run_dir = out / f"rank{rank}"
+    run_dir.mkdir()
+    trainer = Trainer(recipe_from_dict(base_recipe(tiny_dataset, device="cpu")), run_dir)
+
+    class Captions:  # what this rank would train a vocabulary on by itself
+        all_captions = ["zebra crossing quokka"] * 5 if rank else ["planes parked at the airport"] * 5
+
+    tok = trainer._tokenizer(Captions())
+    torch.save(tok.vocab, out / f"vocab{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_every_rank_uses_rank_zeros_vocabulary(tiny_dataset, tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_vocab_worker, args=(_free_port(), tiny_dataset, tmp_path), nprocs=2, join=True)
+    v0, v1 = torch.load(tmp_path / "vocab0.pt"), torch.load(tmp_path / "vocab1.pt")
+    assert v0 == v1 and "airport" in v0 and "quokka" not in v1
+    assert (tmp_path / "rank0" / "vocab.txt").read_text().splitlines() == v0
+    assert not (tmp_path / "rank1" / "vocab.txt").exists()  # only rank 0 writes the run's files

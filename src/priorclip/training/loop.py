@@ -428,27 +428,33 @@ class Trainer:
     # -- building --------------------------------------------------------------------------
 
     def _tokenizer(self, train_ds):
-        """Closed models: the recipe's vocab.txt, the run's saved one (resume), or one trained now."""
+        """Closed models: the run's saved vocab.txt (resume), the recipe's vocab, or one trained now
+        on the training captions -- decided on rank 0 and broadcast, so every process of a
+        multi-node run uses rank 0's token ids even where rank 0's files are not visible."""
         import priorclip.models as pm
 
         r = self.recipe
         ctx = pm.get_model_config(r.model)["text_cfg"].get("context_length", 32) if isinstance(r.model, str) else 32
         ctx = r.model_overrides.get("text_cfg", {}).get("context_length", ctx)
         saved = self.run_dir / "vocab.txt"
-        if self.resume and saved.is_file():  # the run's own copy: the run continues with the same ids
-            return pm.WordPieceTokenizer(saved, context_length=ctx)
-        if r.vocab is not None:
-            tok = pm.WordPieceTokenizer(r.vocab, context_length=ctx)
-        else:
-            # NB: tokenizers' trainer breaks frequency ties differently in each process, so the
-            # vocabulary (and the run) is only reproducible through the saved vocab.txt.
-            tok = pm.train_wordpiece(train_ds.all_captions, vocab_size=r.vocab_size, context_length=ctx)
+        vocab = None
         if self.main:
-            tmp = saved.with_suffix(".tmp")
-            tok.save(tmp)
-            os.replace(tmp, saved)
-        _barrier(self.info)
-        return pm.WordPieceTokenizer(saved, context_length=ctx) if saved.is_file() else tok
+            if self.resume and saved.is_file():  # the run's own copy: the run continues with the same ids
+                vocab = pm.WordPieceTokenizer(saved, context_length=ctx).vocab
+            else:
+                # NB: tokenizers' trainer breaks frequency ties differently in each process, so the
+                # vocabulary (and the run) is only reproducible through the saved vocab.txt.
+                tok = pm.WordPieceTokenizer(r.vocab, context_length=ctx) if r.vocab is not None else \
+                    pm.train_wordpiece(train_ds.all_captions, vocab_size=r.vocab_size, context_length=ctx)
+                tmp = saved.with_suffix(".tmp")
+                tok.save(tmp)
+                os.replace(tmp, saved)
+                vocab = tok.vocab
+        if self.info.enabled:
+            box = [vocab]
+            dist.broadcast_object_list(box, src=0)
+            vocab = box[0]
+        return pm.WordPieceTokenizer(vocab, context_length=ctx)
 
     def build(self) -> None:
         import priorclip.models as pm

@@ -12,6 +12,9 @@ Dataset utilities.
            and test data, or within one dataset; writes a deduplicated training list.
   check    load a dataset's annotations, verify every image exists and decodes; report bad files.
 
+Unreadable images: the first few are named on stderr (all of them with --bad-files FILE) and the
+exit status is 1; 0 means every image was read.
+
 Inputs of `overlap` are image folders, .txt lists of image paths, or caption files resolved
 under --images-root: Karpathy JSON (PATH.json[:SPLIT]), open_clip CSV (PATH.csv), or a precomp
 folder with a split (DIR:SPLIT).
@@ -85,10 +88,8 @@ def _overlap(args) -> int:
         f"{s['pairs']} pair(s) (exact {s['exact_pairs']}, near {s['near_pairs']}, phash distance <= {args.threshold}); "
         f"{s['train_images_dropped']} of {s['train_images']} training image(s) would be dropped"
     )
-    if len(report):
-        print(report.summary(), file=sys.stderr)
-        if args.bad_files:
-            report.write_json(args.bad_files)
+    if len(report) and args.bad_files:
+        report.write_json(args.bad_files)
     if args.out:
         kept = res.deduplicated_train()
         write_list(kept, args.out)
@@ -96,7 +97,7 @@ def _overlap(args) -> int:
     if args.json:
         write_json(res.to_json(), args.json)
         print(f"wrote pairs to {args.json}")
-    return 0
+    return _skipped(report, args.bad_files)
 
 
 def _check(args) -> int:
@@ -124,8 +125,17 @@ def _check(args) -> int:
     report = BadFileReport()
     for p in ds.paths:
         safe_load_image(p, report)
-    print(report.summary())
+    if not len(report):
+        print(f"all {ds.num_images} image(s) decode")
     if args.bad_files:
         report.write_json(args.bad_files)
         print(f"wrote {args.bad_files}")
-    return 1 if len(report) else 0
+    return _skipped(report, args.bad_files)
+
+
+def _skipped(report, bad_files) -> int:
+    """Exit status 1 with the first unreadable files named, or 0 (see cli/exit_status.py)."""
+    from priorclip.cli.exit_status import report_skipped
+
+    where = f"see {bad_files}" if bad_files else "pass --bad-files FILE to list them all"
+    return report_skipped("data", [(e.path, e.reason) for e in report], where)

@@ -11,6 +11,10 @@ Embed every image under PATH... with a trained model and write a self-describing
 (index.json, items.sqlite, vectors.faiss, report.json). Re-running the same command embeds only
 new or changed files and finishes a run that was interrupted.
 
+Unreadable files are skipped: the first few are named on stderr, all of them in OUT/report.json,
+and the exit status is 1 (0: every file indexed; 2: error, e.g. a PATH that does not exist, which
+is refused before anything is written to OUT).
+
 examples:
   priorclip index /data/archive --model runs/priorclip-small/best --out idx/
   priorclip index scenes/ --model CKPT --out idx/ --tile-size 256 --tile-stride 128
@@ -42,26 +46,36 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from priorclip.errors import ConfigError
-    from priorclip.search.index import build_index, merge_indexes, parse_shard
+    from pathlib import Path
 
+    from priorclip.cli.exit_status import report_skipped
+    from priorclip.errors import ConfigError
+    from priorclip.search.index import build_index, merge_indexes, parse_shard, part_dir
+    from priorclip.search.sources import check_paths
+    from priorclip.search.store import REPORT_NAME, read_report
+
+    out = Path(args.out)
     if args.merge:
         if args.paths:
             raise ConfigError("--merge takes part directories only; drop the PATH arguments")
-        info = merge_indexes(args.merge, args.out, index_type=args.index_type)
+        info = merge_indexes(args.merge, out, index_type=args.index_type)
     else:
         if not args.paths:
             raise ConfigError("give at least one PATH to index (or --merge PART_DIR...)")
         if not args.model:
             raise ConfigError("--model is required: a checkpoint directory or model name")
+        check_paths(args.paths)  # a typo fails now, not after the model has loaded
+        shard = parse_shard(args.shard)
         from priorclip.search.encoders import load_encoder
 
         encoder = load_encoder(args.model, device=args.device)
-        info = build_index(args.paths, args.out, encoder, model_spec=args.model, tile_size=args.tile_size,
+        info = build_index(args.paths, out, encoder, model_spec=args.model, tile_size=args.tile_size,
                            tile_stride=args.tile_stride, batch_size=args.batch_size, workers=args.workers,
-                           index_type=args.index_type, shard=parse_shard(args.shard),
+                           index_type=args.index_type, shard=shard,
                            retry_failed=args.retry_failed, progress=not args.no_progress)
-    c = info["counts"]
-    print(f"index ready: {c['items']} items, {c['failed_files'] + c['failed_items']} unreadable "
+        if shard is not None:
+            out = part_dir(out, *shard)
+    skipped = read_report(out)
+    print(f"index ready: {info['counts']['items']} items, {len(skipped)} input(s) skipped "
           f"(FAISS {info['faiss']['type']}, recall@10 {info['faiss']['recall_at_10']})")
-    return 0
+    return report_skipped("index", skipped, f"see {out / REPORT_NAME}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 HELP = "zero-shot scene classification (top-1/top-5, per-class accuracy, confusions)"
@@ -12,7 +11,8 @@ DESCRIPTION = """\
 Classify images by cosine similarity to prompted class names: every class name goes through each
 prompt template, the class embedding is the normalised mean of the normalised template
 embeddings. Prints top-1/top-5, mean per-class accuracy, a per-class table and the most-confused
-pairs; --out writes the full JSON report (confusion matrix, unreadable files).
+pairs; --out writes the full JSON report (confusion matrix, unreadable files). Unreadable images
+are skipped: the first few are named on stderr and the exit status is 1 (0: every image scored).
 
 --data is a folder of images (scene = parent folder, a labels.csv, or the file-name prefix) or a
 Karpathy caption JSON (or a folder holding exactly one dataset*.json).
@@ -108,6 +108,7 @@ def _json_safe(obj):
 
 
 def run(args) -> int:
+    from priorclip.cli.exit_status import report_skipped
     from priorclip.errors import ConfigError
     from priorclip.evaluation.zeroshot import (DEFAULT_TEMPLATES, check_templates, format_zeroshot_table,
                                                last_fraction_indices, parse_split, read_templates_file,
@@ -151,13 +152,11 @@ def run(args) -> int:
               "labels": dataset.classes, **result}
     print(f"{result['model']} on {data} [{split}, labels {labels}]: {result['n_classified']} images classified, "
           f"{len(classnames)} classes, {len(templates)} templates")
-    if result["n_bad"]:
-        print(f"warning: {result['n_bad']} unreadable image(s) skipped (listed under bad_files in the report)",
-              file=sys.stderr)
     print(format_zeroshot_table(result))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(_json_safe(result), indent=2) + "\n")
         print(f"report written to {out}")
-    return 0
+    where = f"see bad_files in {args.out}" if args.out else "pass --out FILE to list them all"
+    return report_skipped("zeroshot", [(b["path"], b["reason"]) for b in result["bad_files"]], where)

@@ -14,8 +14,12 @@ For the soft belief the released code and the paper differ; both are available:
   the result is L2-normalised along the token axis (F.normalize's default dim=1 on a
   (batch, tokens, width) tensor). Official checkpoints were trained with it, so loading one needs
   it.
-* ``"rank"``: the paper's intent. Each token is weighted by 1/sqrt(its own rank + 1) and each token
-  is L2-normalised over its channels.
+* ``"rank"``: our reading of the paper (its text does not spell out the indexing or the axis):
+  each token is weighted by 1/sqrt(its own rank + 1) and each token is L2-normalised over its
+  channels.
+
+Source of ``"released"``: ../shared/conformance/README.md ("open_small", step 4), computed by the
+authors' released code.
 """
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ import priorclip
 from priorclip.errors import ConfigError, DataError
 from priorclip.search import ann
 from priorclip.search.embed import embed_items
-from priorclip.search.sources import STRETCH_PERCENTILES, _short, is_raster, plan_file, shard_of, strip_path, walk
+from priorclip.search.sources import (STRETCH_PERCENTILES, _short, check_paths, is_raster, plan_file, shard_of,
+                                      strip_path, walk)
 from priorclip.search.store import (DB_NAME, DISK_FULL_ERRNOS, FAISS_NAME, FORMAT_VERSION, INDEX_JSON, REPORT_NAME,
                                     Store, json_bytes, publish, read_index_json, remove_stale_temporaries,
                                     write_error, write_faiss)
@@ -112,6 +113,7 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
         raise ConfigError(f"--batch-size {batch_size}: must be >= 1")
     if index_type not in ann.INDEX_TYPES:
         raise ConfigError(f"--index-type {index_type!r}: choose one of {', '.join(ann.INDEX_TYPES)}")
+    check_paths(paths)  # before `_locked` creates the directory
     out = Path(out)
     if shard is not None:
         out = part_dir(out, *shard)

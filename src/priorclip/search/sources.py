@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from priorclip.errors import DataError
+from priorclip.errors import DataError, DatasetNotFoundError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
 RASTER_EXTENSIONS = {".tif", ".tiff", ".jp2", ".img", ".vrt"}
@@ -59,6 +59,16 @@ class FilePlan:
     items: list[dict] = field(default_factory=list)
 
 
+def check_paths(paths: list[str | Path]) -> None:
+    """Refuse a path that does not exist, before anything is written: a typo must not leave an
+    empty index directory behind (issue #16.5)."""
+    for p in paths:
+        p = Path(p).expanduser()
+        if not p.exists():
+            raise DatasetNotFoundError(f"index path {p} does not exist; check the spelling, or that the "
+                                       "archive is mounted")
+
+
 def walk(paths: list[str | Path]) -> tuple[list[FoundFile], list[Skipped], list[str]]:
     """Every image file under `paths` (files or folders), sorted, with the roots they belong to.
 
@@ -68,10 +78,9 @@ def walk(paths: list[str | Path]) -> tuple[list[FoundFile], list[Skipped], list[
     found: dict[str, FoundFile] = {}
     skipped: list[Skipped] = []
     roots: list[str] = []
+    check_paths(paths)
     for p in paths:
         p = Path(p).expanduser()
-        if not p.exists():
-            raise DataError(f"index path {p} does not exist")
         real = Path(os.path.realpath(p))
         root = str(real if real.is_dir() else real.parent)
         if root not in roots:

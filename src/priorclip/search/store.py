@@ -181,6 +181,25 @@ def read_index_json(directory: str | Path) -> dict:
         raise DataError(f"{path}: unreadable index description ({exc})") from exc
 
 
+def read_report(directory: str | Path) -> list[tuple[str, str]]:
+    """(path, reason) of every input the index lacks, from its report.json: unreadable files and
+    tiles, and files skipped by the walk (symlinks out of the roots). What the CLI lists and
+    turns into exit status 1."""
+    path = Path(directory) / REPORT_NAME
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable report ({exc}); run `priorclip index` again to rewrite it") from exc
+    out = []
+    for f in report.get("failed", []):
+        where = f" [window {','.join(map(str, f['window']))}]" if f.get("window") else ""
+        out.append((f["path"] + where, f.get("error") or "unreadable"))
+    out += [(s["path"], s.get("reason") or "skipped") for s in report.get("skipped", [])]
+    return out
+
+
 class Store:
     """SQLite access for one index directory. Writers use one connection; readers (the server)
     get one read-only connection per thread, as sqlite3 connections are not shared across

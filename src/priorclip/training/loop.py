@@ -318,7 +318,7 @@ def lr_lambda(total_steps: int, warmup: int, schedule: str, min_ratio: float):
 
 def _clamp_temperatures(model: nn.Module) -> None:
     with torch.no_grad():
-        for name in ("temp", "temp2"):  # the released PIR clamp
+        for name in ("temp", "temp2"):  # our clamp (the released PIR code has none): positive, away from 0
             p = getattr(model, name, None)
             if isinstance(p, nn.Parameter):
                 p.clamp_(0.001, 0.5)

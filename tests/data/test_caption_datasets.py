@@ -225,8 +225,8 @@ def test_cli_data_check_reports_bad_file(tmp_path, capsys):
     root = _tiny_karpathy(tmp_path, n=3, bad=(1,))
     rc = main(["data", "check", "karpathy", str(root), "--split", "train", "--labels", "prefix",
                "--bad-files", str(tmp_path / "bad.json")])
-    out = capsys.readouterr().out
-    assert rc == 1 and "1 unreadable file(s)" in out and "scene_1.jpg" in out
+    err = capsys.readouterr().err
+    assert rc == 1 and "1 input(s) skipped" in err and "scene_1.jpg" in err and str(tmp_path / "bad.json") in err
     assert json.loads((tmp_path / "bad.json").read_text())["count"] == 1
     (root / "images" / "scene_1.jpg").unlink()
     rc = main(["data", "check", "karpathy", str(root), "--split", "train"])

@@ -247,6 +247,20 @@ def test_cli_writes_json_report(synthetic, tmp_path, capsys):
     assert "top-1" in capsys.readouterr().out
 
 
+def test_cli_exit_status_1_names_the_unreadable_image(colour_folder, tmp_path, capsys):
+    """Issue #16.5: images skipped as unreadable are named on stderr and the exit status is 1."""
+    from priorclip.cli.main import main
+
+    argv = ["zeroshot", "--model", "priorclip-closed-small", "--data", str(colour_folder), "--split", "all",
+            "--labels", "folder", "--workers", "0", "--templates", "a photo of {}."]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "priorclip zeroshot: 1 input(s) skipped:" in err and "blue_9.png: " in err
+    assert "pass --out FILE to list them all" in err
+    assert main(argv + ["--out", str(tmp_path / "zs.json")]) == 1
+    assert f"see bad_files in {tmp_path / 'zs.json'}" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(synthetic, capsys):
     from priorclip.cli.main import main
 

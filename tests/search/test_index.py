@@ -247,6 +247,47 @@ def test_cli_index_and_search(archive, tmp_path, stub_encoder, capsys):
     assert "Traceback" not in err and err.count("error:") == 3
 
 
+def test_cli_index_exit_status_names_skipped_files(archive, tmp_path, stub_encoder, capsys):
+    """Issue #16.5: 0 = clean, 1 = done but files skipped (named on the console), not both 0."""
+    out = tmp_path / "idx"
+    argv = ["index", str(archive), "--model", STUB, "--out", str(out), "--workers", "0", "--no-progress"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "0 input(s) skipped" in captured.out and "skipped" not in captured.err
+
+    (archive / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"not a jpeg" * 20)
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "1 input(s) skipped" in captured.out
+    lines = captured.err.splitlines()
+    assert lines[0] == "priorclip index: 1 input(s) skipped:"
+    assert lines[1].startswith(f"  {(archive / 'a' / 'broken.jpg').resolve()}: ") and len(lines[1]) > 40
+    assert lines[2] == f"  (see {out / 'report.json'})"
+    assert main(argv) == 1  # unchanged and still not in the index: still reported
+    assert "broken.jpg" in capsys.readouterr().err
+
+    for i in range(6):
+        (archive / "b" / f"empty{i}.png").write_bytes(b"")
+    assert main(argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "priorclip index: 7 input(s) skipped:" and len(err) == 1 + 5 + 1
+    assert err[-1] == f"  ... and 2 more, see {out / 'report.json'}"
+    assert "empty file (0 bytes)" in "\n".join(err)
+
+
+def test_cli_index_missing_path_fails_before_writing(archive, tmp_path, stub_encoder, capsys):
+    """Issue #16.5: a typo in PATH is exit 2 and leaves no output folder (no items.sqlite, no lock)."""
+    for paths in ([tmp_path / "nowhere"], [archive, tmp_path / "nowhere"]):
+        out = tmp_path / "idx"
+        rc = main(["index", *map(str, paths), "--model", STUB, "--out", str(out), "--no-progress"])
+        assert rc == 2 and not out.exists()
+        err = capsys.readouterr().err
+        assert err.startswith("priorclip index: error: ") and f"index path {tmp_path / 'nowhere'} does not exist" in err
+    with pytest.raises(DataError, match="does not exist"):  # the library refuses as early
+        _build(tmp_path / "nowhere", tmp_path / "lib-idx", stub_encoder)
+    assert not (tmp_path / "lib-idx").exists()
+
+
 def test_flat16_scan_split_over_threads_equals_one_scan_and_float32():
     """The default index: float16 codes scanned in per-thread slices give the same hits as one
     scan of the same codes, ids mapped back, and near-exact recall against float32."""

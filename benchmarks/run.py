@@ -46,6 +46,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import count_flops  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "benchmarks"  # the child scripts and the JSON files they write
 CAPTIONS = [
@@ -92,21 +95,6 @@ def interleaved(fns: dict, runs: int, device: str = "cpu", warmup: int = 1) -> d
             _sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: {"median_s": statistics.median(t), "runs_s": [round(x, 4) for x in t]} for name, t in times.items()}
-
-
-def count_flops(fn) -> int:
-    """FLOPs of one call, counted by FlopCounterMode (grad enabled: the MHA fast path stays off)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            fn()
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-    return int(counter.get_total_flops())
 
 
 def machine_info() -> dict:

@@ -387,12 +387,11 @@ def measure_ddp(spec: dict, work: Path, threads: int, rounds: int, timeout: floa
 # ---- figure 3: frozen-tower caches in finetune --------------------------------------------
 
 def _count_flops(fn) -> float:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
+    """GFLOPs of one call (benchmarks/flops.py)."""
+    sys.path.insert(0, str(HERE))
+    from flops import count_flops
 
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops() / 1e9
+    return count_flops(fn) / 1e9
 
 
 def measure_cache(spec: dict, work: Path, flops: bool = True) -> dict:

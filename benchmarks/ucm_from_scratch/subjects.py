@@ -89,7 +89,6 @@ SUBJECTS: dict[str, dict] = {
                                     "chain": (_stage("closed", "priorclip-closed-baseline-small", "CLOSED_BASELINE",
                                                      affiliation=1.0),)},
 }
-MAIN = [k for k, s in SUBJECTS.items() if s["group"] == "main"]
 
 
 def model_overrides(name: str, tiny: bool) -> dict:

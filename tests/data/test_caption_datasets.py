@@ -231,3 +231,63 @@ def test_cli_data_check_reports_bad_file(tmp_path, capsys):
     (root / "images" / "scene_1.jpg").unlink()
     rc = main(["data", "check", "karpathy", str(root), "--split", "train"])
     assert rc == 2 and "1 file(s) missing" in capsys.readouterr().err
+
+
+def test_every_problem_of_a_caption_file_in_one_error(tmp_path):
+    """Issue #16.6: the file is read to the end; each bad entry is named with its file and line/entry."""
+    from priorclip.errors import CaptionFileError
+
+    kp = tmp_path / "dataset.json"
+    kp.write_text(json.dumps({"images": [
+        {"filename": "0.jpg", "split": "test", "sentences": [{"raw": "ok"}, {"raw": None}]},
+        {"split": "test", "sentences": []},
+        {"filename": "", "split": "train"},
+        {"filename": "3.jpg", "split": "test", "sentences": "a road"},
+        {"filename": "4.jpg", "split": "test", "sentences": [{"raw": "fine"}]},
+    ]}))
+    with pytest.raises(CaptionFileError) as info:
+        KarpathyCaptions(kp, "test")
+    assert [w for _, w, _ in info.value.problems] == [
+        "images[0].sentences[1]", "images[1]", "images[2].filename", "images[3].sentences"]
+    assert all(f == str(kp) for f, _, _ in info.value.problems)
+    assert str(info.value).startswith(f"{kp}: 4 problems: images[0].sentences[1] needs a string 'raw' field")
+
+    csv = tmp_path / "caps.csv"
+    csv.write_text("filename,title\n0.jpg,a road\n1.jpg\n,no name\n3.jpg,fine\n4.jpg\n")
+    with pytest.raises(CaptionFileError) as info:
+        CsvCaptions(csv, "test")
+    assert info.value.lines() == [
+        f"{csv}: line 3 has fewer fields than the header (no 'title'); check the separator (sep=',') and quoting",
+        f"{csv}: line 4 has an empty 'filename'",
+        f"{csv}: line 6 has fewer fields than the header (no 'title'); check the separator (sep=',') and quoting"]
+
+    pre = tmp_path / "precomp"
+    pre.mkdir()
+    (pre / "test_caps.txt").write_text("a\nb\nc\nd\n")
+    (pre / "test_filename.txt").write_text("0.jpg\n\n2.jpg\n\n")  # the trailing blank line is no name
+    with pytest.raises(CaptionFileError) as info:
+        PrecompCaptions(pre, "test")
+    assert [w for _, w, _ in info.value.problems] == ["line 2"]
+    (pre / "test_filename.txt").write_text("\n0.jpg\n\n3.jpg\n")
+    with pytest.raises(CaptionFileError, match=r"test_filename\.txt: 2 problems: line 1 is empty; line 3 is empty"):
+        PrecompCaptions(pre, "test")
+
+
+def test_cli_data_check_lists_every_caption_problem(tmp_path, capsys):
+    from priorclip.cli.main import main
+
+    entries = [{"filename": f"{i}.jpg", "split": "test", "sentences": [{"raw": "a"}, {"tokens": ["b"]}]} for i in range(8)]
+    (tmp_path / "dataset.json").write_text(json.dumps({"images": entries}))
+    bad = tmp_path / "bad.json"
+    rc = main(["data", "check", "karpathy", str(tmp_path), "--split", "test", "--bad-files", str(bad)])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    lines = out.splitlines()
+    assert lines == [f"{tmp_path / 'dataset.json'}: images[{i}].sentences[1] needs a string 'raw' field, got "
+                     "{'tokens': ['b']}" for i in range(8)]  # all 8, not the first 5
+    assert "8 problem(s) in the caption file" in err and str(bad) in err
+    problems = json.loads(bad.read_text())["caption_problems"]
+    assert [p["where"] for p in problems] == [f"images[{i}].sentences[1]" for i in range(8)]
+    # other verbs get the same error: the first five and where to see the rest
+    with pytest.raises(DataError, match=r"8 problems: .*; \.\.\. and 3 more \(`priorclip data check` lists them all\)"):
+        KarpathyCaptions(tmp_path, "test")

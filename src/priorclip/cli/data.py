@@ -13,7 +13,9 @@ Dataset utilities.
   check    load a dataset's annotations, verify every image exists and decodes; report bad files.
 
 Unreadable images: the first few are named on stderr (all of them with --bad-files FILE) and the
-exit status is 1; 0 means every image was read.
+exit status is 1; 0 means every image was read. `check` reads a caption file to the end and
+prints every bad entry (file and line or entry, also in --bad-files), exit status 1; a file it
+cannot parse at all (not JSON, not UTF-8, missing columns) is an error, exit status 2.
 
 Inputs of `overlap` are image folders, .txt lists of image paths, or caption files resolved
 under --images-root: Karpathy JSON (PATH.json[:SPLIT]), open_clip CSV (PATH.csv), or a precomp
@@ -103,15 +105,19 @@ def _overlap(args) -> int:
 def _check(args) -> int:
     from priorclip.data import CsvCaptions, ImageFolder, KarpathyCaptions, PrecompCaptions
     from priorclip.data.images import BadFileReport, safe_load_image
+    from priorclip.errors import CaptionFileError
 
     cls = {"karpathy": KarpathyCaptions, "precomp": PrecompCaptions, "csv": CsvCaptions, "folder": ImageFolder}[args.format]
     kw = {"mode": "images", "labels": args.labels}
     if args.images_root:
         kw["images_root"] = args.images_root
-    if args.format == "folder":
-        ds = cls(args.root, None, labels=args.labels or "folder", images_root=args.images_root or args.root)
-    else:
-        ds = cls(args.root, args.split, **kw)
+    try:
+        if args.format == "folder":
+            ds = cls(args.root, None, labels=args.labels or "folder", images_root=args.images_root or args.root)
+        else:
+            ds = cls(args.root, args.split, **kw)
+    except CaptionFileError as exc:
+        return _caption_problems(exc, args.bad_files)
     print(repr(ds))
     if ds.classes:
         unl = ds.labels.count(-1)
@@ -139,3 +145,27 @@ def _skipped(report, bad_files) -> int:
 
     where = f"see {bad_files}" if bad_files else "pass --bad-files FILE to list them all"
     return report_skipped("data", [(e.path, e.reason) for e in report], where)
+
+
+def _caption_problems(exc, bad_files) -> int:
+    """Every problem of the caption file on stdout (and in --bad-files), exit status 1: the check
+    is done, and what it found is the answer (images are checked once the captions load)."""
+    import json
+    import os
+    from pathlib import Path
+
+    from priorclip.cli.exit_status import SKIPPED
+
+    for line in exc.lines():
+        print(line)
+    if bad_files:
+        path = Path(bad_files)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"count": 0, "files": [], "caption_problems": [
+            {"file": f, "where": w, "problem": p} for f, w, p in exc.problems]}, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    where = f"; also in {bad_files}" if bad_files else ""
+    print(f"priorclip data: {len(exc.problems)} problem(s) in the caption file, listed above{where}; "
+          "fix them and run the check again (images are not checked until the captions load)", file=sys.stderr)
+    return SKIPPED

@@ -15,7 +15,7 @@ import io
 from pathlib import Path
 
 from priorclip.data.base import CaptionDataset, read_utf8
-from priorclip.errors import DataError
+from priorclip.errors import CaptionFileError, DataError
 
 
 class CsvCaptions(CaptionDataset):
@@ -43,15 +43,20 @@ class CsvCaptions(CaptionDataset):
                     f"{path}: needs columns '{self.image_key}' and '{self.caption_key}' (found {cols}); "
                     "set image_key= / caption_key= / sep="
                 )
+            problems = []  # every bad row, raised together at the end
             for row in reader:
                 line = reader.line_num
                 if row[self.caption_key] is None:
-                    raise DataError(f"{path}: line {line} has fewer fields than the header "
-                                    f"(no '{self.caption_key}'); check the separator (sep={self.sep!r}) and quoting")
+                    problems.append((path, f"line {line}", f"has fewer fields than the header (no '{self.caption_key}'); "
+                                     f"check the separator (sep={self.sep!r}) and quoting"))
+                    continue
                 name = (row[self.image_key] or "").strip()
                 if not name:
-                    raise DataError(f"{path}: line {line} has an empty '{self.image_key}'")
+                    problems.append((path, f"line {line}", f"has an empty '{self.image_key}'"))
+                    continue
                 groups.setdefault(name, []).append((row[self.caption_key] or "").strip())
+        if problems:
+            raise CaptionFileError(problems)
         if not groups:
             raise DataError(f"{path}: no caption rows")
         return list(groups.items())

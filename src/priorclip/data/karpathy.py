@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from priorclip.data.base import CaptionDataset, read_utf8
-from priorclip.errors import DataError
+from priorclip.errors import CaptionFileError, DataError
 
 SPLITS = ("train", "val", "test", "all")
 log = logging.getLogger(__name__)
@@ -67,22 +67,27 @@ class KarpathyCaptions(CaptionDataset):
         want = {self.split} | ({"restval"} if self.split == "train" else set())
         records: list[tuple[str, list[str]]] = []
         first: dict[str, int] = {}  # image name -> (records index); duplicates are merged, as precomp/CSV do
+        problems: list[tuple[Path, str, str]] = []  # every bad entry, raised together at the end
         for k, im in enumerate(images):
             if not isinstance(im, dict) or "filename" not in im:
-                raise DataError(f"{path}: images[{k}] has no 'filename'")
+                problems.append((path, f"images[{k}]", "has no 'filename'"))
+                continue
             if not isinstance(im["filename"], str) or not im["filename"].strip():
-                raise DataError(f"{path}: images[{k}].filename must be a non-empty string, got {im['filename']!r}")
+                problems.append((path, f"images[{k}].filename", f"must be a non-empty string, got {im['filename']!r}"))
+                continue
             if self.split != "all" and im.get("split") not in want:
                 continue
             sents = im.get("sentences", [])
             if not isinstance(sents, list):
-                raise DataError(f"{path}: images[{k}].sentences must be a list of {{'raw': ...}} objects, "
-                                f"got {type(sents).__name__}")
+                problems.append((path, f"images[{k}].sentences", "must be a list of {'raw': ...} objects, "
+                                 f"got {type(sents).__name__}"))
+                continue
             caps = []
             for j, s in enumerate(sents):
                 raw = s.get("raw") if isinstance(s, dict) else s
                 if not isinstance(raw, str):
-                    raise DataError(f"{path}: images[{k}].sentences[{j}] needs a string 'raw' field, got {s!r:.80}")
+                    problems.append((path, f"images[{k}].sentences[{j}]", f"needs a string 'raw' field, got {s!r:.80}"))
+                    continue
                 caps.append(raw.strip())
             name = im["filename"]
             if im.get("filepath"):
@@ -94,6 +99,8 @@ class KarpathyCaptions(CaptionDataset):
                 continue
             first[name] = len(records)
             records.append((name, caps))
+        if problems:
+            raise CaptionFileError(problems)
         if not records:
             raise DataError(f"{path}: split {self.split!r} is empty (splits present: {present})")
         return records

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from priorclip.data.base import CaptionDataset
-from priorclip.errors import DataError
+from priorclip.errors import CaptionFileError, DataError
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -49,8 +49,9 @@ class PrecompCaptions(CaptionDataset):
         caps, names = _read_lines(self.caps_file), _read_lines(self.filename_file)
         if not names:
             raise DataError(f"{self.filename_file}: no filenames")
-        if any(not n for n in names):
-            raise DataError(f"{self.filename_file}: line {names.index('') + 1} is empty")
+        empty = [i + 1 for i, n in enumerate(names) if not n]
+        if empty:
+            raise CaptionFileError([(self.filename_file, f"line {i}", "is empty") for i in empty])
         if len(caps) == len(names):
             groups: dict[str, list[str]] = {}
             for n, c in zip(names, caps):

@@ -308,3 +308,55 @@ def test_evaluate_cli_precomp_with_dump(three_layouts, tmp_path, capsys):
     assert main(["evaluate", "--model", "priorclip-open-baseline-small", "--data", str(t["precomp"]),
                  "--images-root", str(t["images"]), "--dump-topk", "3"]) == 2
     assert "--dump-topk needs --dump" in capsys.readouterr().err
+
+
+@pytest.fixture
+def karpathy_with_unreadable(karpathy, tmp_path):
+    """The 5-image fixture with an unreadable image (2 captions) inserted as image 2."""
+    import shutil
+
+    root = tmp_path / "kp_bad"
+    shutil.copytree(karpathy / "images", root / "images")
+    (root / "images" / "broken_9.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    entries = json.loads((karpathy / "dataset.json").read_text())["images"]
+    entries.insert(2, {"filename": "broken_9.png", "split": "test",
+                       "sentences": [{"raw": "a broken square"}, {"raw": "an aerial image"}]})
+    (root / "dataset.json").write_text(json.dumps({"images": entries}))
+    return root
+
+
+def test_evaluate_skips_unreadable_images_with_their_captions(karpathy, karpathy_with_unreadable, checkpoint,
+                                                               tmp_path, capsys):
+    """Issue #16.6: an unreadable image and its captions leave the evaluation, named in the report, exit 1."""
+    from priorclip.errors import DataError
+
+    model = pm.load_checkpoint(checkpoint)
+    with pytest.raises(DataError, match="broken_9.png"):  # the library default is still to refuse
+        evaluate_model(model, KarpathyCaptions(karpathy_with_unreadable, split="test"), batch_size=4)
+
+    out, dump = tmp_path / "report.json", tmp_path / "dump.jsonl"
+    argv = ["evaluate", "--model", str(checkpoint), "--data", str(karpathy_with_unreadable), "--workers", "0",
+            "--batch-size", "4", "--out", str(out), "--dump", str(dump), "--dump-topk", "2"]
+    assert main(argv) == 1
+    printed, err = capsys.readouterr()
+    assert "5 images, 10 captions (1 unreadable image(s) and their 2 caption(s) left out)" in printed
+    assert "priorclip evaluate: 1 input(s) skipped:" in err and "broken_9.png: " in err and f"see skipped in {out}" in err
+    report = json.loads(out.read_text())
+    [entry] = report["skipped"]
+    assert entry["image_id"] == 2 and entry["filename"] == "broken_9.png" and entry["captions"] == 2
+    assert entry["path"].endswith("broken_9.png") and entry["reason"]
+    assert "left out" in report["skipped_rule"]
+    # the numbers are those of the same dataset without the unreadable image
+    clean = evaluate_model(model, KarpathyCaptions(karpathy, split="test"), batch_size=4)
+    for rule in ("expected", "optimistic", "pessimistic", "index"):
+        assert report[rule] == pytest.approx(clean[rule])
+    assert report["ties"]["n_images"] == 5 and report["ties"]["n_texts"] == 10
+    lines = [json.loads(x) for x in dump.read_text().splitlines()]
+    assert len(lines) == 5 + 10 and "broken_9.png" not in {r["query"] for r in lines}
+    assert "a broken square" not in {e.get("text") for r in lines for e in r["top"]}
+
+    # through DataLoader workers the reason comes back too
+    rep = evaluate_model(model, KarpathyCaptions(karpathy_with_unreadable, split="test"), batch_size=2, workers=2,
+                         skip_unreadable=True)
+    assert [e["filename"] for e in rep["skipped"]] == ["broken_9.png"] and rep["skipped"][0]["reason"]
+    assert rep["expected"] == pytest.approx(clean["expected"])

@@ -25,6 +25,10 @@ under --images-root (default: images/ beside the caption file), by path, base na
 --dump PATH.jsonl writes one line per query (both directions): its top --dump-topk items with
 scores, and the rank of the first correct item (index tie rule) with its tie-group size.
 
+An unreadable image is left out of the evaluation together with its captions (they would have no
+correct image to find): the first few are named on stderr, all of them under `skipped` in the
+--out report, the numbers are recall over the images that were read, and the exit status is 1.
+
 examples:
   priorclip evaluate --model runs/closed/checkpoints/best --data ucm-captions --split test
   priorclip evaluate --model ckpt/ --data annotations/rsitmd_precomp --images-root rsitmd/images \\
@@ -178,6 +182,7 @@ def write_dumps(path, records) -> int:
 
 
 def run(args) -> int:
+    from priorclip.cli.exit_status import report_skipped
     from priorclip.errors import ConfigError
     from priorclip.evaluation.encode import evaluate_model
     from priorclip.evaluation.metrics import TIE_RULES, format_recall_table
@@ -192,12 +197,18 @@ def run(args) -> int:
     dataset = open_dataset(args.data, args.format, args.split, args.images_root)  # before the (slow) model
     model = load_model_arg(args.model, args.device)
     report, scores = evaluate_model(model, dataset, batch_size=args.batch_size, device=args.device,
-                                    workers=args.workers, positives=args.positives, return_scores=True)
+                                    workers=args.workers, positives=args.positives, return_scores=True,
+                                    skip_unreadable=True)
+    skipped = report["skipped"]
     report["checkpoint"] = str(args.model)
     report["data"] = str(args.data)
     report["format"] = dataset.format
-    print(f"{report['model']} on {args.data} ({dataset.format}) [{dataset.split}]: {dataset.num_images} images, "
-          f"{dataset.num_captions} captions, ties={args.ties}")
+    left_out = ""
+    if skipped:
+        left_out = (f" ({len(skipped)} unreadable image(s) and their {sum(e['captions'] for e in skipped)} "
+                    "caption(s) left out)")
+    print(f"{report['model']} on {args.data} ({dataset.format}) [{dataset.split}]: "
+          f"{dataset.num_images - len(skipped)} images, {report['ties']['n_texts']} captions{left_out}, ties={args.ties}")
     print(format_recall_table(report, args.ties))
     if args.out:
         out = Path(args.out)
@@ -206,8 +217,12 @@ def run(args) -> int:
         print(f"report written to {out}")
     if args.dump:
         from priorclip.evaluation.dumps import retrieval_dumps
+        from priorclip.evaluation.encode import readable_subset
 
-        n = write_dumps(args.dump, retrieval_dumps(scores, dataset.text_to_image, dataset.all_captions,
-                                                   dataset.images, topk))
+        kept_images, kept_texts, text_to_image = readable_subset(dataset, [e["image_id"] for e in skipped])
+        captions, images = dataset.all_captions, dataset.images
+        n = write_dumps(args.dump, retrieval_dumps(scores, text_to_image, [captions[t] for t in kept_texts],
+                                                   [images[i] for i in kept_images], topk))
         print(f"{n} per-query records (top {topk}) written to {args.dump}")
-    return 0
+    where = f"see skipped in {args.out}" if args.out else "pass --out FILE to list them all"
+    return report_skipped("evaluate", [(e["path"], e["reason"]) for e in skipped], where)

@@ -19,8 +19,8 @@ EPILOG = """\
 exit status:
   0    done, every input used
   1    done, but some inputs were skipped (e.g. unreadable images): the first few are named
-       with the reason on stderr, all of them in the verb's report (index: OUT/report.json; zeroshot: --out;
-       data check / data overlap: --bad-files)
+       with the reason on stderr, all of them in the verb's report (index: OUT/report.json;
+       zeroshot, evaluate: --out; data check / data overlap: --bad-files)
   2    error: bad arguments, a missing path, an unusable model or dataset, a full disk
        (one line on stderr says what is wrong and what to do)
   130  interrupted (Ctrl-C)"""

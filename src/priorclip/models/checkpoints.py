@@ -176,9 +176,9 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu"):
     tokenizer = None
     vocab = files[VOCAB_NAME]
     if config.get("architecture", "").startswith("closed") and vocab is not None:
-        from .tokenizers import WordPieceTokenizer
+        from .tokenizers import WordPieceTokenizer, tokenizer_options
 
-        tokenizer = WordPieceTokenizer(vocab, context_length=config["text_cfg"].get("context_length", 32))
+        tokenizer = WordPieceTokenizer(vocab, **tokenizer_options(config["text_cfg"]))
     model = build_model(config, tokenizer=tokenizer)
     load_weights_strict(model, read_state_dict(weights), source=str(directory / WEIGHTS_NAME))
     return model.to(map_location)
@@ -314,6 +314,8 @@ def load_official_checkpoint(path, kind: str, *, model=None, config: str | dict 
     parts: "all" (strict over the whole model) or, for closed, "heads" (strict over the parts
     downstream of the backbones: what the conformance fixtures hold).
     Strict by default: a partial load is how a released prior silently stays random.
+    The model's inputs are switched to the released preprocessing (`preprocess="released"`,
+    see `preprocess.py`), which its saved config.json then records.
     """
     if kind not in ("closed", "open"):
         raise CheckpointError(f"kind must be 'closed' or 'open', got {kind!r}")
@@ -333,13 +335,12 @@ def load_official_checkpoint(path, kind: str, *, model=None, config: str | dict 
         state = map_released_closed(state, model if parts == "all" else None)
         keys = closed_head_keys(model) if parts == "heads" else None
         load_weights_strict(model, state, source=source, keys=keys)
-        if parts == "all":
-            # The released PIR code runs BERT without an attention mask (padding is attended).
-            model.model_config["text_cfg"]["attention_mask"] = False
-            model.text.attention_mask = False
     else:
         state = {k: v for k, v in state.items() if k != "attn_mask"}
         load_weights_strict(model, state, source=source)
+    # Released weights expect the released inputs (issue #15): CLIP mean/std and squashed 224 px,
+    # cleaned captions padded to the batch's longest, BERT unmasked (closed); open_clip's (open).
+    model.set_preprocess("released")
     return model
 
 

@@ -17,8 +17,12 @@ from torch import nn
 from ..errors import ConfigError
 from .api import RetrievalModelAPI
 from .pae import SpatialPAE, TemporalPAE
-from .tokenizers import WordPieceTokenizer
+from .tokenizers import WordPieceTokenizer, tokenizer_options
 from .towers import BertTextTower, PriorTower, VisionTokenTower
+
+
+# text_cfg keys that configure the tokenizer, not BERT
+TOKENIZER_KEYS = ("context_length", "padding", "caption_cleaning", "max_words")
 
 
 class ClosedDualEncoder(RetrievalModelAPI, nn.Module):
@@ -32,7 +36,10 @@ class ClosedDualEncoder(RetrievalModelAPI, nn.Module):
         self.model_name = config.get("name", self.architecture)
         vcfg, tcfg = config["vision_cfg"], config["text_cfg"]
         self.embed_dim = config["embed_dim"]
-        self.tokenizer = tokenizer or WordPieceTokenizer(context_length=tcfg.get("context_length", 32))
+        # text_cfg decides how captions are tokenised (length, padding, cleaning); a tokenizer
+        # passed in brings its vocabulary
+        self.tokenizer = tokenizer or WordPieceTokenizer(**tokenizer_options(tcfg))
+        self._configure_inputs()
         if tcfg.get("vocab_size") is None:
             tcfg = {**tcfg, "vocab_size": self.tokenizer.vocab_size}
             self.model_config["text_cfg"]["vocab_size"] = self.tokenizer.vocab_size
@@ -42,12 +49,19 @@ class ClosedDualEncoder(RetrievalModelAPI, nn.Module):
         vision_width, text_width = vcfg.get("width"), tcfg.get("hidden_size")
         if build_backbones:
             self.visual = VisionTokenTower(vcfg["backbone"], vcfg.get("image_size", 224), **vcfg.get("backbone_kwargs", {}))
-            text_kwargs = {k: v for k, v in tcfg.items() if k not in ("context_length", "vocab_file")}
+            text_kwargs = {k: v for k, v in tcfg.items() if k not in TOKENIZER_KEYS + ("vocab_file",)}
             self.text = BertTextTower(**text_kwargs)
             vision_width, text_width = self.visual.width, self.text.width
         self.vision_proj = nn.Linear(vision_width, self.embed_dim)
         self.text_proj = nn.Linear(text_width, self.embed_dim)
         self.temp = nn.Parameter(torch.tensor(float(config.get("temperature", 0.07))))
+
+    def _configure_inputs(self) -> None:
+        tcfg = self.model_config["text_cfg"]
+        if hasattr(self.tokenizer, "configured"):
+            self.tokenizer = self.tokenizer.configured(**tokenizer_options(tcfg))
+        if hasattr(self, "text"):  # False: the released PIR code runs BERT unmasked (padding attended)
+            self.text.attention_mask = bool(tcfg.get("attention_mask", True))
 
     # ---- heads on backbone outputs -------------------------------------------------------
     def embed_image_tokens(self, vision_tokens: torch.Tensor, prior_feature: torch.Tensor | None = None) -> torch.Tensor:

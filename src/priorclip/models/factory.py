@@ -57,7 +57,17 @@ def get_model_config(name: str) -> dict:
 
 
 def merge_config(base: dict, overrides: dict, path: str = "") -> dict:
-    """Deep-merge `overrides` into `base`, rejecting keys the base does not have."""
+    """Deep-merge `overrides` into `base`, rejecting keys the base does not have.
+
+    A top-level `preprocess` (a preset name, see `preprocess.py`) is applied first, so explicit
+    `image_cfg` / `text_cfg` overrides beside it still win.
+    """
+    if not path and overrides.get("preprocess") is not None:
+        from .preprocess import apply_preprocess
+
+        base = apply_preprocess(base, overrides["preprocess"])
+    if not path:
+        overrides = {k: v for k, v in overrides.items() if k != "preprocess"}
     out = copy.deepcopy(base)
     for key, value in overrides.items():
         where = f"{path}{key}"
@@ -82,6 +92,7 @@ _POSITIVE_INTS = {
     "embed_dim", "image_size", "width", "layers", "heads", "head_width", "patch_size", "prior_width",
     "context_length", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
     "intermediate_size", "max_position_embeddings", "instru_num", "cycle_num", "filter_size", "belief_tokens",
+    "max_words",
 }
 
 
@@ -122,6 +133,34 @@ def validate_config(config: dict) -> None:
             raise ConfigError(f"model config key 'pae_cfg.{key}' must be true or false, got {pae[key]!r}")
     if "belief" in pae and pae["belief"] not in ("hard", "soft"):
         raise ConfigError(f"model config key 'pae_cfg.belief' must be 'hard' or 'soft', got {pae['belief']!r}")
+    _validate_inputs(config)
+
+
+def _validate_inputs(config: dict) -> None:
+    """The preprocessing keys (`preprocess`, `image_cfg`, the tokenizer keys of `text_cfg`)."""
+    from .preprocess import PRESETS
+    from .tokenizers import CAPTION_CLEANINGS, PADDINGS
+    from .transforms import DEFAULT_AUG, RANDAUGS, RESIZE_MODES
+
+    preset = config.get("preprocess")
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"model config key 'preprocess' must be one of {PRESETS}, got {preset!r}")
+    icfg, text = config.get("image_cfg") or {}, config.get("text_cfg") or {}
+    if "resize_mode" in icfg and icfg["resize_mode"] not in RESIZE_MODES:
+        raise ConfigError(f"model config key 'image_cfg.resize_mode' must be one of {RESIZE_MODES}, got {icfg['resize_mode']!r}")
+    aug = icfg.get("aug") or {}
+    if not isinstance(aug, dict):
+        raise ConfigError(f"model config key 'image_cfg.aug' must be a mapping of augmentation options, got {aug!r}")
+    unknown = sorted(set(aug) - set(DEFAULT_AUG))
+    if unknown:
+        raise ConfigError(f"model config key 'image_cfg.aug' has unknown option(s) {unknown}; known: {list(DEFAULT_AUG)}")
+    if "randaug" in aug and aug["randaug"] not in RANDAUGS:
+        raise ConfigError(f"model config key 'image_cfg.aug.randaug' must be one of {RANDAUGS}, got {aug['randaug']!r}")
+    if text.get("padding") is not None and text["padding"] not in PADDINGS:
+        raise ConfigError(f"model config key 'text_cfg.padding' must be one of {PADDINGS}, got {text['padding']!r}")
+    if text.get("caption_cleaning") is not None and text["caption_cleaning"] not in CAPTION_CLEANINGS:
+        raise ConfigError(f"model config key 'text_cfg.caption_cleaning' must be null or one of {CAPTION_CLEANINGS}, "
+                          f"got {text['caption_cleaning']!r}")
 
 
 def build_model(config: dict, tokenizer=None, build_backbones: bool = True):
@@ -146,8 +185,10 @@ def create_model(name: str | dict, *, vocab_file: str | Path | None = None, toke
     """Build a named model with random weights (nothing is downloaded).
 
     `overrides` deep-merge into the config, e.g. `create_model("priorclip-closed-small",
-    pae_cfg={"filter_size": 8})`. Closed-domain models take a WordPiece `vocab_file` (or a
-    `tokenizer`); without one they use the built-in character vocabulary.
+    pae_cfg={"filter_size": 8})`; `preprocess="released"` switches the inputs to the authors'
+    pipeline (`preprocess.py`). Closed-domain models take a WordPiece `vocab_file` (or a
+    `tokenizer`, which brings only its vocabulary: `text_cfg` says how it tokenises); without one
+    they use the built-in character vocabulary.
     """
     config = get_model_config(name) if isinstance(name, str) else copy.deepcopy(name)
     if overrides:
@@ -156,9 +197,9 @@ def create_model(name: str | dict, *, vocab_file: str | Path | None = None, toke
         if not config["architecture"].startswith("closed"):
             raise ConfigError("vocab_file/tokenizer apply to closed-domain (BERT) models only")
         if tokenizer is None:
-            from .tokenizers import WordPieceTokenizer
+            from .tokenizers import WordPieceTokenizer, tokenizer_options
 
-            tokenizer = WordPieceTokenizer(vocab_file, context_length=config["text_cfg"].get("context_length", 32))
+            tokenizer = WordPieceTokenizer(vocab_file, **tokenizer_options(config["text_cfg"]))
     return build_model(config, tokenizer=tokenizer)
 
 

@@ -117,7 +117,7 @@ def test_evaluate_model_perfect_model_scores_100(karpathy):
 def test_evaluate_cli_errors_are_one_line(karpathy, tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "nope"), "--data", str(karpathy)]) == 2
     assert "neither a checkpoint directory nor a registered model name" in capsys.readouterr().err
-    assert main(["evaluate", "--model", "priorclip-closed-small", "--data", str(tmp_path / "missing")]) == 2
+    assert main(["evaluate", "--model", "priorclip-closed-small", "--random-weights", "--data", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
 
 
@@ -232,7 +232,7 @@ def test_real_caption_files_detected_without_images(annotations_dir, capsys):
         assert (ds.format, ds.num_images, ds.num_captions) == (fmt, n_img, n_txt), rel
         assert ds.paths is None
     # the CLI fails before building the model, naming the missing image folder and the flag
-    rc = main(["evaluate", "--model", "priorclip-open-baseline-small", "--data", str(annotations_dir / "rsitmd_precomp")])
+    rc = main(["evaluate", "--model", "priorclip-open-baseline-small", "--random-weights", "--data", str(annotations_dir / "rsitmd_precomp")])
     err = capsys.readouterr().err
     assert rc == 2 and "image folder missing" in err and "boat_0.tif" in err
     assert str(annotations_dir / "rsitmd_precomp" / "images") in err and "--images-root" in err
@@ -285,7 +285,7 @@ def test_retrieval_dumps_hand_matrix():
 def test_evaluate_cli_precomp_with_dump(three_layouts, tmp_path, capsys):
     t = three_layouts
     out, dump = tmp_path / "report.json", tmp_path / "d" / "dump.jsonl"
-    rc = main(["evaluate", "--model", "priorclip-open-baseline-small", "--data", str(t["precomp"]),
+    rc = main(["evaluate", "--model", "priorclip-open-baseline-small", "--random-weights", "--data", str(t["precomp"]),
                "--images-root", str(t["images"]), "--workers", "0", "--batch-size", "4",
                "--out", str(out), "--dump", str(dump), "--dump-topk", "3"])
     assert rc == 0
@@ -305,7 +305,7 @@ def test_evaluate_cli_precomp_with_dump(three_layouts, tmp_path, capsys):
     for k in (1, 5):  # the dump's ranks reproduce the report's index-rule recalls
         assert report["index"][f"i2t_r{k}"] == pytest.approx(100 * np.mean([r["rank"] <= k for r in i2t]))
         assert report["index"][f"t2i_r{k}"] == pytest.approx(100 * np.mean([r["rank"] <= k for r in t2i_recs]))
-    assert main(["evaluate", "--model", "priorclip-open-baseline-small", "--data", str(t["precomp"]),
+    assert main(["evaluate", "--model", "priorclip-open-baseline-small", "--random-weights", "--data", str(t["precomp"]),
                  "--images-root", str(t["images"]), "--dump-topk", "3"]) == 2
     assert "--dump-topk needs --dump" in capsys.readouterr().err
 

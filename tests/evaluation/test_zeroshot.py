@@ -234,7 +234,7 @@ def test_cli_writes_json_report(synthetic, tmp_path, capsys):
     from priorclip.cli.main import main
 
     out = tmp_path / "zs.json"
-    rc = main(["zeroshot", "--model", "priorclip-closed-small", "--data", str(synthetic / "images"),
+    rc = main(["zeroshot", "--model", "priorclip-closed-small", "--random-weights", "--data", str(synthetic / "images"),
                "--classnames", '{"storagetanks": "storage tanks"}', "--templates", "a satellite image of {}.",
                "--workers", "0", "--out", str(out)])
     assert rc == 0
@@ -251,7 +251,7 @@ def test_cli_exit_status_1_names_the_unreadable_image(colour_folder, tmp_path, c
     """Issue #16.5: images skipped as unreadable are named on stderr and the exit status is 1."""
     from priorclip.cli.main import main
 
-    argv = ["zeroshot", "--model", "priorclip-closed-small", "--data", str(colour_folder), "--split", "all",
+    argv = ["zeroshot", "--model", "priorclip-closed-small", "--random-weights", "--data", str(colour_folder), "--split", "all",
             "--labels", "folder", "--workers", "0", "--templates", "a photo of {}."]
     assert main(argv) == 1
     err = capsys.readouterr().err
@@ -264,9 +264,9 @@ def test_cli_exit_status_1_names_the_unreadable_image(colour_folder, tmp_path, c
 def test_cli_errors_are_one_line(synthetic, capsys):
     from priorclip.cli.main import main
 
-    rc = main(["zeroshot", "--model", "priorclip-closed-small", "--data", str(synthetic / "images"),
+    rc = main(["zeroshot", "--model", "priorclip-closed-small", "--random-weights", "--data", str(synthetic / "images"),
                "--templates", "no placeholder"])
     assert rc == 2
     assert "exactly one '{}'" in capsys.readouterr().err
-    rc = main(["zeroshot", "--model", "priorclip-closed-small", "--data", str(synthetic / "images"), "--split", "test"])
+    rc = main(["zeroshot", "--model", "priorclip-closed-small", "--random-weights", "--data", str(synthetic / "images"), "--split", "test"])
     assert rc == 2 and "no named splits" in capsys.readouterr().err

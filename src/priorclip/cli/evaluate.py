@@ -7,14 +7,16 @@ import json
 import os
 from pathlib import Path
 
+from priorclip.cli.model_args import add_model_arguments, load_model_arg
+
 HELP = "retrieval recall (R@1/5/10, mR) of a model on a dataset split"
 DESCRIPTION = """\
 Encode a dataset split with a model and print R@1/5/10 in both directions and mR (markdown
 table, with [pessimistic-optimistic] bounds where tied scores make the rank ambiguous). The JSON
 report holds every tie rule and the tie statistics.
 
---model is a checkpoint directory (written by `priorclip train` or `priorclip convert`) or a
-registered model name (random weights: only useful as a chance-level reference).
+--model is a checkpoint directory (written by `priorclip train` or `priorclip convert`); a
+registered model name needs --random-weights (seeded random weights: a chance-level reference).
 
 --data is detected (--format auto): a .json file or a folder with one dataset*.json is Karpathy
 JSON; a folder with {split}_caps.txt (or that file itself) is the AMFMN/GaLR/SWAN precomp layout;
@@ -40,7 +42,7 @@ FORMATS = ("auto", "karpathy", "precomp", "csv")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint directory or registered model name")
+    add_model_arguments(parser)
     parser.add_argument("--data", required=True,
                         help="caption file or folder: Karpathy .json, precomp folder (or its {split}_caps.txt), .csv")
     parser.add_argument("--format", default="auto", choices=FORMATS,
@@ -60,13 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write per-query results (top-K items, rank of the first correct one) as JSON lines")
     parser.add_argument("--dump-topk", type=int, default=None, metavar="K",
                         help="items per query in --dump (default 10)")
-
-
-def load_model_arg(spec: str, device: str = "cpu"):
-    """A checkpoint directory, else a registered model name (random weights, with a warning)."""
-    from priorclip.models import load_model
-
-    return load_model(spec, device, purpose="evaluating")
 
 
 def detect_format(data: str | os.PathLike, split: str | None = None) -> tuple[str, Path, str]:
@@ -195,12 +190,13 @@ def run(args) -> int:
     if topk < 1:
         raise ConfigError(f"--dump-topk must be at least 1, got {topk}")
     dataset = open_dataset(args.data, args.format, args.split, args.images_root)  # before the (slow) model
-    model = load_model_arg(args.model, args.device)
+    model = load_model_arg(args, purpose="evaluating")
     report, scores = evaluate_model(model, dataset, batch_size=args.batch_size, device=args.device,
                                     workers=args.workers, positives=args.positives, return_scores=True,
                                     skip_unreadable=True)
     skipped = report["skipped"]
     report["checkpoint"] = str(args.model)
+    report["random_weights"] = bool(args.random_weights)
     report["data"] = str(args.data)
     report["format"] = dataset.format
     left_out = ""

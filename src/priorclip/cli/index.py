@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from priorclip.cli.model_args import add_model_arguments
 from priorclip.search import ann
 
 HELP = "embed every image under folders (GeoTIFF scenes cut into tiles) into a search index"
@@ -28,7 +29,7 @@ examples:
 
 def add_arguments(p) -> None:
     p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders to index (walked recursively)")
-    p.add_argument("--model", help="checkpoint directory (from `priorclip train`) or model name")
+    add_model_arguments(p, required=False)
     p.add_argument("--out", required=True, help="index directory to create or update")
     p.add_argument("--tile-size", type=int, default=256, help="tile side in pixels for scenes (default 256)")
     p.add_argument("--tile-stride", type=int, default=None, help="step between tiles (default: tile size, no overlap)")
@@ -63,12 +64,12 @@ def run(args) -> int:
         if not args.paths:
             raise ConfigError("give at least one PATH to index (or --merge PART_DIR...)")
         if not args.model:
-            raise ConfigError("--model is required: a checkpoint directory or model name")
+            raise ConfigError("--model is required: a checkpoint directory (or a model name with --random-weights)")
         check_paths(args.paths)  # a typo fails now, not after the model has loaded
         shard = parse_shard(args.shard)
         from priorclip.search.encoders import load_encoder
 
-        encoder = load_encoder(args.model, device=args.device)
+        encoder = load_encoder(args.model, device=args.device, random_weights=args.random_weights)
         info = build_index(args.paths, out, encoder, model_spec=args.model, tile_size=args.tile_size,
                            tile_stride=args.tile_stride, batch_size=args.batch_size, workers=args.workers,
                            index_type=args.index_type, shard=shard,

@@ -28,6 +28,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import json
 
+    from priorclip.cli.model_args import warn_random_index
     from priorclip.errors import ConfigError
     from priorclip.search.query import MAX_K, SearchIndex, format_table, to_geojson
 
@@ -36,6 +37,7 @@ def run(args) -> int:
     if not 1 <= args.k <= MAX_K:
         raise ConfigError(f"-k {args.k}: must be between 1 and {MAX_K}")
     idx = SearchIndex(args.index, device=args.device)
+    warn_random_index("search", idx)
     if args.image is not None:
         hits = idx.search_image(args.image, args.k)
         query = {"image": args.image, "k": args.k}

@@ -27,10 +27,12 @@ def run(args) -> int:
 
     import uvicorn
 
+    from priorclip.cli.model_args import warn_random_index
     from priorclip.search.query import SearchIndex
     from priorclip.search.server import create_app
 
     idx = SearchIndex(args.index, device=args.device)
+    warn_random_index("serve", idx)
     idx.encoder  # load the model now: a wrong checkpoint fails here, not on the first query
     app = create_app(idx, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from priorclip.cli.model_args import add_model_arguments, load_model_arg
+
 HELP = "zero-shot scene classification (top-1/top-5, per-class accuracy, confusions)"
 DESCRIPTION = """\
 Classify images by cosine similarity to prompted class names: every class name goes through each
@@ -32,7 +34,7 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint directory or registered model name")
+    add_model_arguments(parser)
     parser.add_argument("--data", required=True, help="image folder, or Karpathy dataset JSON (or a folder holding one)")
     parser.add_argument("--images-root", default=None, help="image folder for a Karpathy JSON (default: images/ beside it)")
     parser.add_argument("--labels", default="auto", help="csv:PATH | prefix | folder | auto (default auto)")
@@ -46,12 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     parser.add_argument("--out", default=None, help="write the JSON report here")
-
-
-def _load_model(spec: str, device: str):
-    from priorclip.models import load_model
-
-    return load_model(spec, device, purpose="classifying with").to(device)
 
 
 def _karpathy_json(data: Path) -> bool:
@@ -145,11 +141,11 @@ def run(args) -> int:
     indices = last_fraction_indices(dataset.images, dataset.labels, fraction) if fraction else None
     classnames = resolve_classnames(dataset.classes, mapping)
 
-    model = _load_model(args.model, args.device)
+    model = load_model_arg(args, purpose="classifying with")
     result = zeroshot_classify(model, dataset, classnames=classnames, templates=templates, indices=indices,
                                batch_size=args.batch_size, workers=args.workers, device=args.device)
-    result = {"checkpoint": str(args.model), "data": str(data), "split": split, "label_source": labels,
-              "labels": dataset.classes, **result}
+    result = {"checkpoint": str(args.model), "random_weights": bool(args.random_weights), "data": str(data),
+              "split": split, "label_source": labels, "labels": dataset.classes, **result}
     print(f"{result['model']} on {data} [{split}, labels {labels}]: {result['n_classified']} images classified, "
           f"{len(classnames)} classes, {len(templates)} templates")
     print(format_zeroshot_table(result))

@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 from priorclip.errors import CheckpointError, ConfigError
+from priorclip.model_spec import is_model_name, load_model_spec
 
 
 @runtime_checkable
@@ -80,7 +81,7 @@ class ModelEncoder:
     """
 
     def __init__(self, model, checkpoint: str | None = None, checkpoint_hash: str | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", random_weights: bool = False):
         import torch
 
         self.model = model.eval().to(device)
@@ -90,6 +91,7 @@ class ModelEncoder:
         self.device = device
         self.checkpoint = checkpoint
         self.checkpoint_hash = checkpoint_hash
+        self.random_weights = random_weights  # recorded in index.json: search/serve warn about it
         self.embed_dim = int(model.embed_dim)
         self._transform = model.image_transform(False)
         self._lock = threading.Lock()
@@ -121,27 +123,27 @@ class ModelEncoder:
             "checkpoint": self.checkpoint,
             "checkpoint_sha256": self.checkpoint_hash,
             "embed_dim": self.embed_dim,
+            "random_weights": self.random_weights,
         }
 
 
-def load_encoder(spec: str, device: str = "cpu") -> Encoder:
-    """Resolve `spec` to an encoder: a registered name, else whatever `priorclip.models.load_model`
-    accepts (a checkpoint directory written by `priorclip train`/`convert`, or a model name from
-    `priorclip models` with random weights, which it warns about)."""
+def load_encoder(spec: str, device: str = "cpu", *, random_weights: bool | None = None,
+                 warn: bool = True) -> Encoder:
+    """Resolve `spec` to an encoder: a registered name, else what `priorclip.model_spec.load_model_spec`
+    accepts (a checkpoint directory written by `priorclip train`/`convert`; a model name from
+    `priorclip models`, built with seeded random weights, unless `random_weights=False`)."""
     if spec in _REGISTRY:
         return _REGISTRY[spec]()
-    from priorclip.models import load_model
-
     path = Path(spec).expanduser()
     try:
-        model = load_model(spec, purpose="indexing/searching with")
+        model = load_model_spec(spec, random_weights=random_weights, purpose="indexing/searching with", warn=warn)
     except (CheckpointError, ConfigError):
         raise
     except Exception as exc:
         raise CheckpointError(f"--model {spec}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
     if path.is_dir():
         return ModelEncoder(model, checkpoint=str(path.resolve()), checkpoint_hash=checkpoint_sha256(path), device=device)
-    return ModelEncoder(model, device=device)
+    return ModelEncoder(model, device=device, random_weights=True)
 
 
 def encoder_for_index(model_info: dict, encoder: Encoder | None = None, device: str = "cpu") -> Encoder:
@@ -151,7 +153,13 @@ def encoder_for_index(model_info: dict, encoder: Encoder | None = None, device: 
         spec = model_info.get("checkpoint") or model_info.get("spec") or model_info.get("name")
         if not spec:
             raise ConfigError("index.json field model has no checkpoint or name; rebuild the index")
-        encoder = load_encoder(spec, device=device)
+        random_weights = bool(model_info.get("random_weights"))
+        if not random_weights and spec not in _REGISTRY and is_model_name(spec):
+            raise ConfigError(
+                f"index was built from model name {spec!r} with unseeded random weights, which cannot be "
+                "loaded again; rebuild it with `priorclip index ... --model CHECKPOINT_DIR` (or "
+                "--random-weights for repeatable random weights)")
+        encoder = load_encoder(spec, device=device, random_weights=random_weights, warn=False)
     got = encoder.describe()
     if int(got["embed_dim"]) != int(model_info.get("embed_dim", -1)) or got.get("name") != model_info.get("name"):
         raise ConfigError(

@@ -6,12 +6,18 @@ RGBN, 13-band Sentinel-2) rasters.
 
 Policies (also in docs/DATA.md):
 
-* Bands: the first three bands are R, G, B unless `bands=(r, g, b)` is given, numbered from 1 like
-  GDAL (`bands=(4, 3, 2)` for Sentinel-2 true colour). One-band images are grey, replicated to RGB;
-  two-band images use their first band as grey. An alpha band is dropped, not composited.
+* Bands: a TIFF read through GDAL shows the bands its colour interpretation or descriptions call
+  red, green, blue (a Blue, Green, Red, NIR file is not read as 1, 2, 3), Sentinel-2 stacks their
+  B4, B3, B2, and a file that says nothing its first three bands (`priorclip.data.bands`).
+  `bands=(r, g, b)` overrides: 1-based numbers like GDAL (`bands=(4, 3, 2)`) or names the file
+  has (`bands=("red", "green", "blue")`, `("B4", "B3", "B2")`); one entry gives grey. One-band
+  images are grey, replicated to RGB; two-band images use their first band as grey.
+* Validity: a raster's nodata value, mask and alpha band mark invalid pixels, which are filled
+  with the mean colour of the valid ones (`priorclip.data.rasters`); `read_image` also returns the
+  valid fraction. Photos (JPEG, PNG...) are all valid: their alpha is dropped, not composited.
 * Scaling: 8-bit data is returned untouched. 16-bit, 32-bit integer and float data is stretched
-  per image and per band from its 2nd to its 98th percentile to 0..255 (the "cumulative count
-  cut" default of QGIS), ignoring NaN; a constant band becomes 0. This is a visual scaling, not a
+  per image and per band from its valid pixels' 2nd to 98th percentile to 0..255 (the "cumulative
+  count cut" default of QGIS), ignoring NaN; a constant band becomes 0. This is a visual scaling, not a
   radiometric one: it makes a uint16 scene look like the 8-bit photos CLIP was trained on.
 * Orientation: the EXIF orientation tag is applied.
 * Errors: a missing, empty, truncated, corrupt or non-image file raises
@@ -40,6 +46,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from priorclip.data.bands import RgbBands, choose_rgb_bands
+from priorclip.data.rasters import read_rgb
 from priorclip.errors import DataError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
@@ -60,17 +68,39 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+@dataclass(frozen=True)
+class ImageRead:
+    """What `read_image` returns: the picture, the share of its pixels the file marks valid, and
+    the bands shown as R, G, B (None for images PIL decodes: photos are their own RGB)."""
+
+    image: Image.Image
+    valid_fraction: float = 1.0
+    bands: RgbBands | None = None
+
+
 def load_image(
     path: str | os.PathLike,
     *,
-    bands: Sequence[int] | None = None,
+    bands: Sequence[int | str] | None = None,
     max_side: int | None = None,
 ) -> Image.Image:
     """Read `path` as an 8-bit RGB image (see the module docstring for band, scaling and error policy).
 
-    `bands`: three 1-based band numbers to use as R, G, B. `max_side`: if given, the returned
-    image's longer side is at most this many pixels (JPEGs are decoded at reduced scale).
+    `bands`: three band numbers (1-based) or names to use as R, G, B, or one for grey.
+    `max_side`: if given, the returned image's longer side is at most this many pixels (JPEGs
+    are decoded at reduced scale).
     """
+    return read_image(path, bands=bands, max_side=max_side).image
+
+
+def read_image(
+    path: str | os.PathLike,
+    *,
+    bands: Sequence[int | str] | None = None,
+    max_side: int | None = None,
+) -> ImageRead:
+    """`load_image` plus the valid fraction and the bands used, for the search index, which
+    records both and skips images that are mostly nodata."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -91,7 +121,7 @@ def image_from_bytes(
     data: bytes,
     name: str = "<bytes>",
     *,
-    bands: Sequence[int] | None = None,
+    bands: Sequence[int | str] | None = None,
     max_side: int | None = None,
 ) -> Image.Image:
     """Same as `load_image` for in-memory bytes (webdataset shards, uploads); `name` is used in errors."""
@@ -99,7 +129,7 @@ def image_from_bytes(
         raise DataError(f"{name}: empty image data (0 bytes)")
     # Pass the bytes, not one BytesIO: PIL's close() closes the stream it was given, and a TIFF
     # PIL opens but hands on to GDAL (16-bit grey, ...) must still be readable afterwards.
-    return _load(bytes(data), name, data[:16], bands, max_side)
+    return _load(bytes(data), name, data[:16], bands, max_side).image
 
 
 def safe_load_image(
@@ -128,7 +158,7 @@ def _reason(exc: Exception, path) -> str:
 # decoding
 
 
-def _load(src, name: str, head: bytes, bands, max_side) -> Image.Image:
+def _load(src, name: str, head: bytes, bands, max_side) -> ImageRead:
     """`src` is a path or the encoded bytes; each reader opens its own stream on it."""
     if bands is not None:
         bands = _check_bands(bands, name)
@@ -142,23 +172,33 @@ def _load(src, name: str, head: bytes, bands, max_side) -> Image.Image:
             return _load_raster(src, name, bands, max_side)
         raise DataError(f"{name}: {exc}") from None
     try:
-        if im.mode in _EIGHT_BIT_MODES and bands is None:
-            return _finish(_pil_to_rgb(im), max_side)
-        if is_tiff and (bands is not None or im.mode not in _EIGHT_BIT_MODES):
-            # Let GDAL read TIFFs whose band layout or sample type PIL only partly understands.
+        if is_tiff and (bands is not None or im.mode not in _EIGHT_BIT_MODES or _tiff_says_more(im)):
+            # GDAL reads TIFFs whose band layout, sample type, nodata or masks PIL does not understand.
             im.close()
             return _load_raster(src, name, bands, max_side)
+        if im.mode in _EIGHT_BIT_MODES and bands is None:
+            return ImageRead(_finish(_pil_to_rgb(im), max_side))
         im.load()
         arr = np.asarray(im)
         if arr.ndim == 2:
             arr = arr[:, :, None]
-        return _finish(Image.fromarray(_array_to_rgb(arr, bands, name)), max_side)
+        return ImageRead(_finish(Image.fromarray(_array_to_rgb(arr, bands, name)), max_side))
     except (OSError, ValueError, SyntaxError, struct.error, Image.DecompressionBombError) as exc:
         raise DataError(f"{name}: corrupt or truncated image ({_short(exc)})") from None
 
 
 class _PilCannotRead(Exception):
     pass
+
+
+def _tiff_says_more(im: Image.Image) -> bool:
+    """A TIFF that carries GDAL's band labels or nodata (GDAL_METADATA, GDAL_NODATA), extra
+    samples (alpha, NIR) or further images (internal masks): PIL would show bands 1, 2, 3 and
+    every pixel, so GDAL reads it. Plain RGB, grey and palette TIFFs stay with PIL."""
+    tags = getattr(im, "tag_v2", None)
+    if tags is None:
+        return False
+    return 42112 in tags or 42113 in tags or 338 in tags or bool(getattr(tags, "next", 0))
 
 
 def _pil_open(src, name: str, head: bytes, max_side):
@@ -229,13 +269,18 @@ def _finish(im: Image.Image, max_side) -> Image.Image:
     return im
 
 
-def _check_bands(bands, name) -> tuple[int, int, int]:
+def _check_bands(bands, name) -> tuple:
+    """Band numbers (int) and lower-case names, three of them (one for grey)."""
+    what = "three 1-based band numbers like (4, 3, 2) or band names like ('red', 'green', 'blue')"
+    if isinstance(bands, str):
+        bands = bands.split(",")
     try:
-        b = tuple(int(x) for x in bands)
-    except (TypeError, ValueError):
-        raise DataError(f"{name}: bands must be three band numbers like (4, 3, 2), got {bands!r}") from None
-    if len(b) != 3 or min(b) < 1:
-        raise DataError(f"{name}: bands must be three 1-based band numbers like (4, 3, 2), got {bands!r}")
+        b = tuple(int(x) if isinstance(x, (int, np.integer)) or str(x).strip().isdigit() else str(x).strip()
+                  for x in bands)
+    except TypeError:
+        raise DataError(f"{name}: bands must be {what}, got {bands!r}") from None
+    if len(b) not in (1, 3) or any(x == "" or (isinstance(x, int) and x < 1) for x in b):
+        raise DataError(f"{name}: bands must be {what}, got {bands!r}")
     return b
 
 
@@ -243,6 +288,11 @@ def _select(arr: np.ndarray, bands, name) -> np.ndarray:
     """[H,W,C] -> [H,W,3] following the band policy."""
     c = arr.shape[2]
     if bands is not None:
+        if any(isinstance(b, str) for b in bands):
+            raise DataError(f"{name}: band names ({', '.join(map(str, bands))}) need a raster GDAL can read "
+                            "(GeoTIFF ...); this image has no band names: use band numbers")
+        if len(bands) == 1:
+            bands = bands * 3
         if max(bands) > c:
             raise DataError(f"{name}: bands={bands} asked for band {max(bands)} but the image has {c} band(s)")
         return arr[:, :, [b - 1 for b in bands]]
@@ -278,8 +328,9 @@ def stretch_to_uint8(arr: np.ndarray, percentiles=STRETCH_PERCENTILES) -> np.nda
     return out
 
 
-def _load_raster(src, name: str, bands, max_side) -> Image.Image:
-    """Read a TIFF through GDAL: any band count or sample type; reduced read when max_side is given."""
+def _load_raster(src, name: str, bands, max_side) -> ImageRead:
+    """Read a TIFF through GDAL: any band count or sample type, the file's band labels and masks
+    (`priorclip.data.rasters`); reduced read when max_side is given."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
     from rasterio.enums import Resampling
@@ -292,38 +343,22 @@ def _load_raster(src, name: str, bands, max_side) -> Image.Image:
                 ds = stack.enter_context(mem.open())
             else:
                 ds = stack.enter_context(rasterio.open(src))
-            count, h, w = ds.count, ds.height, ds.width
-            if bands is not None:
-                if max(bands) > count:
-                    raise DataError(f"{name}: bands={bands} asked for band {max(bands)} but the image has {count} band(s)")
-                idx = list(bands)
-            else:
-                idx = [1, 1, 1] if count <= 2 else [1, 2, 3]
+            h, w = ds.height, ds.width
+            rgb_bands = choose_rgb_bands(ds, bands, name)
             out_shape = None
             if max_side is not None and max(h, w) > max_side:
                 s = max_side / max(h, w)
-                out_shape = (len(idx), max(1, round(h * s)), max(1, round(w * s)))
+                out_shape = (max(1, round(h * s)), max(1, round(w * s)))
             else:
                 limit = Image.MAX_IMAGE_PIXELS
                 if limit is not None and h * w > 2 * limit:
                     raise _bomb(name, (w, h), False)
-            uniq = sorted(set(idx))
-            data = ds.read(
-                uniq,
-                out_shape=None if out_shape is None else (len(uniq),) + out_shape[1:],
-                resampling=Resampling.average,
-            )
-            if count == 1 and ds.colorinterp and ds.colorinterp[0].name == "palette" and data.dtype == np.uint8:
-                cmap = ds.colormap(1)
-                lut = np.array([cmap.get(i, (0, 0, 0, 0))[:3] for i in range(256)], dtype=np.uint8)
-                return _finish(Image.fromarray(lut[data[0]]), max_side)
+            read = read_rgb(ds, rgb_bands, out_shape=out_shape, resampling=Resampling.average)
     except DataError:
         raise
     except (RasterioIOError, OSError, ValueError) as exc:
         raise DataError(f"{name}: corrupt or unreadable TIFF ({_short(exc)})") from None
-    arr = np.moveaxis(data, 0, -1)  # [H,W,len(uniq)]
-    arr = arr[:, :, [uniq.index(b) for b in idx]]
-    return _finish(Image.fromarray(_array_to_rgb(arr, None, name)), max_side)
+    return ImageRead(_finish(Image.fromarray(read.pixels), max_side), read.valid_fraction, rgb_bands)
 
 
 def _short(exc: Exception) -> str:

@@ -109,3 +109,34 @@ def make_geotiff(path: Path, width: int = 600, height: int = 400, count: int = 3
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(data)
     return path
+
+
+def write_raster(path: Path, data: np.ndarray, *, crs="EPSG:32633", origin=(500000.0, 4500000.0), res=10.0,
+                 colorinterp=None, descriptions=None, nodata=None, mask=None, photometric=None) -> Path:
+    """A GeoTIFF of `data` [C,H,W] as a vendor would deliver it: colour interpretation names
+    (`["blue", "green", "red", "undefined"]`), band descriptions, a nodata value, or an internal
+    mask ([H,W], 0 = invalid)."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.transform import from_origin
+
+    c, h, w = data.shape
+    profile = {"driver": "GTiff", "width": w, "height": h, "count": c, "dtype": data.dtype.name,
+               "tiled": True, "blockxsize": 128, "blockysize": 128}
+    if crs is not None:
+        profile.update(crs=crs, transform=from_origin(origin[0], origin[1], res, res))
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if photometric is not None:
+        profile["photometric"] = photometric
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", **profile) as ds:
+            ds.write(data)
+            if colorinterp is not None:
+                ds.colorinterp = [ColorInterp[n] for n in colorinterp]
+            for i, d in enumerate(descriptions or (), 1):
+                if d:
+                    ds.set_band_description(i, d)
+            if mask is not None:
+                ds.write_mask(np.where(mask, 255, 0).astype(np.uint8))
+    return path

@@ -180,6 +180,8 @@ def test_shards_are_disjoint_and_merge_into_one_index(archive, tmp_path, stub_en
     assert merged["counts"]["items"] == n and len(merged["merged_from"]) == 2
     idx = SearchIndex(tmp_path / "merged", encoder=stub_encoder)
     assert {h["path"] for h in idx.search_text("x", k=1000)} == pa | pb
+    assert all(h["valid_fraction"] == 1.0 for h in idx.search_text("x", k=1000))   # carried over
+    assert merged["tiling"]["min_valid"] == 0.5
     q = sorted(archive.rglob("*.jpg"))[3]
     assert idx.search_image(q, k=1)[0]["path"] == str(q.resolve())
     with pytest.raises(ConfigError, match="already holds"):

@@ -20,7 +20,7 @@ from priorclip.search.server import STATIC_DIR, create_app
 
 from priorclip.search.encoders import ModelEncoder
 
-from search_support import STUB, StubModel, make_geotiff
+from search_support import STUB, StubModel, make_geotiff, write_raster
 
 pytestmark = pytest.mark.shared
 
@@ -127,6 +127,36 @@ def test_item_thumbnail_scene_and_geojson(served):
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) == len(hits)
     polys = [f for f in fc["features"] if f["geometry"] is not None]
     assert len(polys) == 6 and all(f["geometry"]["type"] == "Polygon" for f in polys)
+    # every hit says how much of it is valid and which bands it shows (a JPEG: its own RGB)
+    assert tile["valid_fraction"] == 1.0 and tile["rgb_bands"] == [1, 2, 3] and tile["rgb_bands_from"] == "default"
+    assert image["valid_fraction"] == 1.0 and image["rgb_bands"] is None
+    assert scene["rgb_bands"] == [1, 2, 3]
+    props = next(f["properties"] for f in polys)
+    assert {"valid_fraction", "rgb_bands", "rgb_band_names", "rgb_bands_from"} <= set(props)
+
+
+def test_nodata_and_band_order_in_the_api(tmp_path):
+    """Issues #16.1-2 through HTTP: the all-nodata tile is no hit, the half-empty one says 0.5 in
+    the hit JSON, the item, the GeoJSON; a BGR scene reports the bands it shows as RGB."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    yy, xx = np.mgrid[0:256, 0:768]
+    edge = np.stack([1000 + 3 * xx + b * 200 + yy for b in (2, 1, 0)]).astype(np.uint16)
+    edge[:, :, :384] = 0          # tile 0 all nodata, tile 1 half
+    write_raster(archive / "edge.tif", edge, nodata=0, colorinterp=["blue", "green", "red"])
+    encoder = ModelEncoder(StubModel())
+    build_index([archive], tmp_path / "idx", encoder, model_spec=STUB, progress=False, log=lambda *_: None)
+    client = TestClient(create_app(SearchIndex(tmp_path / "idx", encoder=encoder)), raise_server_exceptions=False)
+    hits = client.get("/api/search", params={"q": "x", "k": 10}).json()["results"]
+    assert sorted((h["window"][0], h["valid_fraction"]) for h in hits) == [(256, 0.5), (512, 1.0)]
+    half = next(h for h in hits if h["window"][0] == 256)
+    assert half["rgb_bands"] == [3, 2, 1] and half["rgb_band_names"] == ["red", "green", "blue"]
+    assert client.get(f"/api/items/{half['id']}").json()["valid_fraction"] == 0.5
+    fc = client.get("/api/search.geojson", params={"q": "x", "k": 10}).json()
+    assert sorted(f["properties"]["valid_fraction"] for f in fc["features"]) == [0.5, 1.0]
+    assert all(f["properties"]["rgb_bands"] == [3, 2, 1] for f in fc["features"])
+    scene = client.get(f"/api/scenes/{half['scene_id']}").json()
+    assert scene["rgb_bands"] == [3, 2, 1] and scene["rgb_bands_from"] == "colorinterp"
 
 
 @pytest.mark.parametrize("method,url,kwargs,status", [

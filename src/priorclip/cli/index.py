@@ -19,6 +19,8 @@ is refused before anything is written to OUT).
 examples:
   priorclip index /data/archive --model runs/priorclip-small/best --out idx/
   priorclip index scenes/ --model CKPT --out idx/ --tile-size 256 --tile-stride 128
+  priorclip index scenes/ --model CKPT --out idx/ --bands nir,red,green      # false colour by band name
+  priorclip index s2/ --model CKPT --out idx/ --bands 4,3,2 --min-valid 0.2  # by number; keep ragged edges
   priorclip index /data/archive --model CKPT --out idx/ --index-type flat   # float32, bit-exact scores
   priorclip index /data/archive --model CKPT --out idx/ --index-type hnsw   # approximate, for millions
   # four machines, then one merge:
@@ -33,6 +35,14 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="index directory to create or update")
     p.add_argument("--tile-size", type=int, default=256, help="tile side in pixels for scenes (default 256)")
     p.add_argument("--tile-stride", type=int, default=None, help="step between tiles (default: tile size, no overlap)")
+    p.add_argument("--bands", metavar="B1,B2,B3",
+                   help="raster bands to show as red, green, blue: names the files have (red,green,blue; B4,B3,B2; "
+                        "nir,red,green) or 1-based numbers (3,2,1); one band gives grey. Default: the bands each "
+                        "file labels red, green, blue (colour interpretation, descriptions), B4,B3,B2 for "
+                        "Sentinel-2, else 1,2,3. Photos (JPEG, PNG...) keep their own RGB")
+    p.add_argument("--min-valid", type=float, default=None, metavar="FRACTION",
+                   help="skip tiles with fewer valid pixels than this (nodata, mask, alpha; default 0.5: a tile "
+                        "mostly fill describes the fill, not the scene); 0 keeps every tile with a valid pixel")
     p.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="decoding processes (default min(4, CPUs); 0 decodes in the main process)")
@@ -51,7 +61,7 @@ def run(args) -> int:
 
     from priorclip.cli.exit_status import report_skipped
     from priorclip.errors import ConfigError
-    from priorclip.search.index import build_index, merge_indexes, parse_shard, part_dir
+    from priorclip.search.index import DEFAULT_MIN_VALID, build_index, merge_indexes, parse_shard, part_dir
     from priorclip.search.sources import check_paths
     from priorclip.search.store import REPORT_NAME, read_report
 
@@ -66,14 +76,20 @@ def run(args) -> int:
         if not args.model:
             raise ConfigError("--model is required: a checkpoint directory (or a model name with --random-weights)")
         check_paths(args.paths)  # a typo fails now, not after the model has loaded
+        from priorclip.data.bands import parse_bands
+
+        parse_bands(args.bands)  # so does a malformed --bands
+        min_valid = DEFAULT_MIN_VALID if args.min_valid is None else args.min_valid
+        if not 0.0 <= min_valid <= 1.0:
+            raise ConfigError(f"--min-valid {args.min_valid}: must be a fraction between 0 and 1")
         shard = parse_shard(args.shard)
         from priorclip.search.encoders import load_encoder
 
         encoder = load_encoder(args.model, device=args.device, random_weights=args.random_weights)
         info = build_index(args.paths, out, encoder, model_spec=args.model, tile_size=args.tile_size,
                            tile_stride=args.tile_stride, batch_size=args.batch_size, workers=args.workers,
-                           index_type=args.index_type, shard=shard,
-                           retry_failed=args.retry_failed, progress=not args.no_progress)
+                           index_type=args.index_type, shard=shard, retry_failed=args.retry_failed,
+                           bands=args.bands, min_valid=min_valid, progress=not args.no_progress)
         if shard is not None:
             out = part_dir(out, *shard)
     skipped = read_report(out)

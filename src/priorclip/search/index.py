@@ -3,8 +3,11 @@
 `build_index` is incremental and resumable by construction:
   1. walk the paths and compare each file's (path, size, mtime) with what the store already has:
      unchanged files keep their items and vectors, new or changed files are (re)planned, files
-     gone from a walked folder are dropped;
-  2. embed every item that has no vector yet, committing each batch;
+     gone from a walked folder are dropped; so are rasters whose `--bands` choice changed, or
+     that an index from before band semantics holds without one;
+  2. embed every item that has no vector yet, committing each batch; items whose valid fraction
+     is below `min_valid` are recorded but not embedded (a new `min_valid` re-sorts the measured
+     items without decoding them again);
   3. rebuild the FAISS structure from the stored vectors and publish it with report.json and
      index.json (all written to temporary files first, then renamed, index.json last).
 A run killed anywhere, or stopped by a full disk, leaves the previous index searchable and is
@@ -21,17 +24,24 @@ import sqlite3
 import time
 from pathlib import Path
 
+import json
+
 import priorclip
+from priorclip.data.bands import parse_bands, request_text
+from priorclip.data.rasters import STRETCH_PERCENTILES
 from priorclip.errors import ConfigError, DataError
 from priorclip.search import ann
 from priorclip.search.embed import embed_items
-from priorclip.search.sources import (STRETCH_PERCENTILES, _short, check_paths, is_raster, plan_file, shard_of,
-                                      strip_path, walk)
+from priorclip.search.sources import _short, check_paths, is_raster, plan_file, shard_of, strip_path, walk
 from priorclip.search.store import (DB_NAME, DISK_FULL_ERRNOS, FAISS_NAME, FORMAT_VERSION, INDEX_JSON, REPORT_NAME,
                                     Store, json_bytes, publish, read_index_json, remove_stale_temporaries,
                                     write_error, write_faiss)
 
 DEFAULT_TILE = 256
+# A tile less than half valid is mostly fill: its vector describes the flat fill and the footprint
+# edge more than the scene, so it would surface as noise for every query. Lower it (0.1, or 0: any
+# valid pixel) to keep ragged scene edges searchable at that cost.
+DEFAULT_MIN_VALID = 0.5
 
 
 def parse_shard(text: str | None, env: dict | None = None) -> tuple[int, int] | None:
@@ -100,12 +110,20 @@ def _identity(model: dict) -> dict:
 def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec: str | None = None,
                 tile_size: int = DEFAULT_TILE, tile_stride: int | None = None, batch_size: int = 64,
                 workers: int = 0, index_type: str = ann.DEFAULT_INDEX_TYPE, shard: tuple[int, int] | None = None,
-                retry_failed: bool = False, progress: bool = True, log=print) -> dict:
+                retry_failed: bool = False, bands=None, min_valid: float = DEFAULT_MIN_VALID,
+                progress: bool = True, log=print) -> dict:
     """Embed every image under `paths` into the index directory `out` (see module doc).
 
+    `bands` ("red,green,blue", "3,2,1" or a tuple) chooses the rasters' RGB bands instead of
+    their own labels (`priorclip.data.bands`); `min_valid` is the smallest share of valid
+    (not nodata) pixels an item needs to be embedded; an item without any is never embedded.
     Returns the index.json written. With `shard=(rank, world)` only this rank's files are
     embedded, into `out/part-RANK-of-WORLD`; merge the parts with `merge_indexes`.
     """
+    request = parse_bands(bands)
+    if not 0.0 <= float(min_valid) <= 1.0:
+        raise ConfigError(f"--min-valid {min_valid}: must be a fraction between 0 and 1 (default {DEFAULT_MIN_VALID})")
+    min_valid = float(min_valid)
     tile_stride = tile_stride or tile_size
     if tile_size < 16 or tile_stride < 1:
         raise ConfigError(f"--tile-size {tile_size} / --tile-stride {tile_stride}: need tile size >= 16 and stride >= 1")
@@ -148,7 +166,7 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
         for f in found:
             row = known.get(f.path)
             if row is not None and row["size"] == f.size and row["mtime_ns"] == f.mtime_ns:
-                if not (retry_failed and row["status"] == "failed"):
+                if not (retry_failed and row["status"] == "failed") and _same_bands(row, request):
                     unchanged += 1
                     continue
             todo.append(f)
@@ -159,7 +177,7 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
             bar = tqdm(total=len(todo), desc="scanning", unit="file", dynamic_ncols=True)
         for f in todo:
             try:
-                plan = plan_file(f.path, tile_size, tile_stride)
+                plan = plan_file(f.path, tile_size, tile_stride, request)
                 store.put_file(f.path, root_ids[f.root], f.size, f.mtime_ns, plan=plan, raster=is_raster(f.path))
                 planned += 1
             except DataError as exc:
@@ -173,15 +191,19 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
 
         if retry_failed:
             store.reset_failed_items()
+        revived, dropped = store.apply_min_valid(min_valid)
+        store.set_meta("min_valid", min_valid)
         pending = store.pending_items()
         log(f"[index] {len(found)} files: {unchanged} unchanged, {planned} new or changed, "
-            f"{failed_now} unreadable, {len(gone)} removed; {len(pending)} items to embed")
+            f"{failed_now} unreadable, {len(gone)} removed; {len(pending)} items to embed"
+            + (f" ({revived} allowed and {dropped} dropped by --min-valid {min_valid})" if revived or dropped else ""))
         stats = embed_items(encoder, pending, store.commit_batch, batch_size=batch_size, workers=workers,
-                            progress=progress)
+                            progress=progress, min_valid=min_valid)
         info, index = _finish(store, out, model, settings, index_type, created, log)
         info["last_run"] = {
             "files_found": len(found), "files_unchanged": unchanged, "files_planned": planned,
             "files_removed": len(gone), "embedded": stats["embedded"], "failed": stats["failed"] + failed_now,
+            "below_min_valid": stats["nodata"], "bands": request_text(request),
             "seconds": round(stats["seconds"], 3),
             "images_per_s": round(stats["embedded"] / stats["seconds"], 2) if stats["seconds"] else None,
         }
@@ -190,6 +212,17 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
         _publish(out, index, report, info)
         store.close()
     return info
+
+
+def _same_bands(row, request) -> bool:
+    """Whether a stored file was planned with this run's `--bands` (photos ignore it; a raster
+    from an index without band records is planned again so that it gets them)."""
+    if not row["raster"] or row["status"] == "failed":
+        return True
+    rgb = row["rgb"] if "rgb" in row.keys() else None
+    if rgb is None:
+        return False
+    return json.loads(rgb).get("request") == request_text(request)
 
 
 def _publish(out: Path, index, report: dict | None, info: dict) -> None:
@@ -226,7 +259,8 @@ def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: st
         "model": model,
         "embed_dim": dim,
         "tiling": {"tile_size": settings["tile_size"], "tile_stride": settings["tile_stride"],
-                   "stretch_percentiles": list(STRETCH_PERCENTILES)},
+                   "stretch_percentiles": list(STRETCH_PERCENTILES), "min_valid": store.get_meta("min_valid"),
+                   "invalid_pixels": "filled with the mean colour of the item's valid pixels"},
         "roots": sorted(store.roots().values()),
         "counts": counts,
         "faiss": params,
@@ -235,7 +269,8 @@ def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: st
         info["merged_from"] = merged_from
     log(f"[index] {counts['items']} items ({counts['tiles']} tiles from {counts['scenes']} scenes) in {out}; "
         f"{counts['failed_files']} unreadable files, {counts['failed_items']} unreadable items "
-        f"(see {out / REPORT_NAME})")
+        f"(see {out / REPORT_NAME})"
+        + (f"; {counts['nodata_items']} below --min-valid not indexed" if counts.get("nodata_items") else ""))
     return info, index
 
 
@@ -259,6 +294,8 @@ def merge_indexes(parts: list[str | Path], out: str | Path, *, index_type: str =
         store.set_meta("settings", settings)
         created = _now()
         store.set_meta("created", created)
+        min_valid = {inf["tiling"].get("min_valid") for inf in infos}
+        store.set_meta("min_valid", min_valid.pop() if len(min_valid) == 1 else None)  # None: parts differ
         con = store.conn
         dup = 0
         for p in parts:
@@ -272,19 +309,20 @@ def merge_indexes(parts: list[str | Path], out: str | Path, *, index_type: str =
                         continue
                     cur = con.execute(
                         "INSERT INTO files(path, root_id, size, mtime_ns, kind, raster, width, height, bands, dtype, "
-                        "crs, stretch, status, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        "crs, stretch, rgb, status, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (f["path"], root_map[src_roots[f["root_id"]]], f["size"], f["mtime_ns"], f["kind"],
                          f["raster"], f["width"], f["height"], f["bands"], f["dtype"], f["crs"], f["stretch"],
-                         f["status"], f["error"]))
+                         f["rgb"] if "rgb" in f.keys() else None, f["status"], f["error"]))
                     new_file = cur.lastrowid
                     for it in src.conn.execute(
                             "SELECT items.*, vectors.vec FROM items LEFT JOIN vectors USING(id) WHERE file_id=? "
                             "ORDER BY id", (f["file_id"],)):
                         c2 = con.execute(
-                            "INSERT INTO items(file_id, kind, col, row, w, h, bounds, footprint, state, error) "
-                            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                            "INSERT INTO items(file_id, kind, col, row, w, h, bounds, footprint, state, error, "
+                            "valid_fraction) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                             (new_file, it["kind"], it["col"], it["row"], it["w"], it["h"], it["bounds"],
-                             it["footprint"], it["state"], it["error"]))
+                             it["footprint"], it["state"], it["error"],
+                             it["valid_fraction"] if "valid_fraction" in it.keys() else None))
                         if it["vec"] is not None:
                             con.execute("INSERT INTO vectors(id, vec) VALUES (?, ?)", (c2.lastrowid, it["vec"]))
             src.close()

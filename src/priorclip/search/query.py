@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from priorclip.data.bands import RgbBands
 from priorclip.errors import ConfigError, DataError
 from priorclip.search import ann
 from priorclip.search.encoders import Encoder, encoder_for_index
@@ -145,7 +146,7 @@ class SearchIndex:
         if cached is not None:
             return cached
         window = item["window"] if item["kind"] == "tile" else None
-        image = read_item(path, window, item["stretch"], max_side=size)
+        image = read_item(path, window, item["stretch"], max_side=size, bands=RgbBands.from_dict(item["rgb"]))
         data = _jpeg(image, size)
         self._cache_put(key, data)
         return data
@@ -157,7 +158,7 @@ class SearchIndex:
         return {"scene_id": s["scene_id"], "name": os.path.basename(s["path"]),
                 "path": _relpath(s["path"], self.roots.get(s["root_id"])), "width": s["width"],
                 "height": s["height"], "crs": s["crs"], "bands": s["bands"], "dtype": s["dtype"],
-                "tiles": s["tiles"]}
+                **_rgb_fields(s["rgb"]), "tiles": s["tiles"]}
 
     def scene_overview(self, scene_id: int, side: int = OVERVIEW_SIDE) -> tuple[bytes, tuple[int, int]]:
         """Downsampled whole scene as JPEG, plus its (width, height) in pixels; path check and
@@ -171,7 +172,7 @@ class SearchIndex:
         if cached is not None:
             return cached, (s["width"], s["height"])
         with open_raster(path) as ds:
-            image = read_raster_window(ds, None, s["stretch"], out_side=side)
+            image = read_raster_window(ds, None, s["stretch"], out_side=side, bands=RgbBands.from_dict(s["rgb"]))
         data = _jpeg(image, side)
         self._cache_put(key, data)
         return data, (s["width"], s["height"])
@@ -201,11 +202,24 @@ class SearchIndex:
 
 def _public_item(item: dict) -> dict:
     """Item fields a client sees. `path` is absolute (for CLI/GeoJSON users on the same machine);
-    the server replaces it with the path relative to its root."""
+    the server replaces it with the path relative to its root. `valid_fraction` is the share of
+    pixels the file marks valid (None: an index from before it was measured); the `rgb_*` fields
+    say which bands are shown as red, green, blue (None for photos and older indexes)."""
+    vf = item.get("valid_fraction")
     return {"id": item["id"], "kind": item["kind"], "path": item["path"],
             "name": os.path.basename(item["path"]), "root_id": item["root_id"],
             "window": item["window"], "crs": item["crs"], "bounds": item["bounds"],
-            "footprint": item["footprint"], "scene_id": item["scene_id"], "scene_size": item["scene_size"]}
+            "footprint": item["footprint"], "scene_id": item["scene_id"], "scene_size": item["scene_size"],
+            "valid_fraction": None if vf is None else round(float(vf), 4), **_rgb_fields(item.get("rgb"))}
+
+
+def _rgb_fields(rgb: dict | None) -> dict:
+    rgb = rgb or {}
+    return {"rgb_bands": rgb.get("bands"), "rgb_band_names": rgb.get("names"), "rgb_bands_from": rgb.get("from")}
+
+
+HIT_PROPERTIES = ("rank", "score", "id", "path", "name", "kind", "scene_id", "crs", "window", "valid_fraction",
+                  "rgb_bands", "rgb_band_names", "rgb_bands_from")
 
 
 def _file_identity(path: str) -> tuple[int, int, int, int]:
@@ -251,8 +265,7 @@ def to_geojson(hits: list[dict], query: dict | None = None) -> dict:
         geom = None
         if h.get("footprint"):
             geom = {"type": "Polygon", "coordinates": [h["footprint"]]}
-        props = {k: h.get(k) for k in ("rank", "score", "id", "path", "name", "kind", "scene_id", "crs")}
-        props["window"] = h.get("window")
+        props = {k: h.get(k) for k in HIT_PROPERTIES}
         feat = {"type": "Feature", "id": h["id"], "geometry": geom, "properties": props}
         if h.get("bounds"):
             feat["bbox"] = h["bounds"]

@@ -7,9 +7,11 @@ Two kinds of source:
     pixel window and, when georeferenced, its footprint in longitude/latitude.
 
 Pixel values: 8-bit data is used as is. Anything else (16-bit, float) is stretched per band from
-its 2nd-98th percentile to 0-255; for scenes the percentiles come from a decimated read of the
-whole scene, so neighbouring tiles share one stretch. Bands: the first three are taken as RGB; a
-one- or two-band raster is shown as grey from band 1.
+its valid pixels' 2nd-98th percentile to 0-255; for scenes the percentiles come from a decimated
+read of the whole scene, so neighbouring tiles share one stretch. Bands: those the file labels
+red, green, blue, or `--bands` (`priorclip.data.bands`), chosen once per file and recorded.
+Validity: the file's nodata, mask or alpha (`priorclip.data.rasters`); each item's valid fraction
+is measured when it is read for embedding, where tiles below `--min-valid` are skipped.
 """
 from __future__ import annotations
 
@@ -22,12 +24,14 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from priorclip.data.bands import BandRequest, RgbBands, choose_rgb_bands, parse_bands
+from priorclip.data.images import ImageRead, read_image
+from priorclip.data.rasters import STRETCH_PERCENTILES, read_rgb
 from priorclip.errors import DataError, DatasetNotFoundError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
 RASTER_EXTENSIONS = {".tif", ".tiff", ".jp2", ".img", ".vrt"}
 ALL_EXTENSIONS = IMAGE_EXTENSIONS | RASTER_EXTENSIONS
-STRETCH_PERCENTILES = (2.0, 98.0)
 _STATS_SIDE = 1024  # decimated read size used for a scene's stretch statistics
 
 
@@ -57,6 +61,7 @@ class FilePlan:
     crs: str | None = None
     stretch: list | None = None    # [[lo, hi] per RGB band] or None for 8-bit
     items: list[dict] = field(default_factory=list)
+    rgb: RgbBands | None = None    # bands shown as R, G, B; None for photos (their own RGB)
 
 
 def check_paths(paths: list[str | Path]) -> None:
@@ -135,11 +140,14 @@ def tile_offsets(length: int, tile: int, stride: int) -> list[int]:
     return offs
 
 
-def plan_file(path: str, tile_size: int, tile_stride: int) -> FilePlan:
-    """Open the header only and decide image vs scene (reading no pixels for plain images)."""
+def plan_file(path: str, tile_size: int, tile_stride: int, bands: BandRequest | None = None) -> FilePlan:
+    """Open the header only and decide image vs scene (reading no pixels for plain images).
+
+    `bands` (from `parse_bands`) applies to rasters; a band the file lacks raises
+    BandNotFoundError naming the bands it has. Photos keep their own RGB."""
     ext = Path(path).suffix.lower()
     if ext in RASTER_EXTENSIONS:
-        return _plan_raster(path, tile_size, tile_stride)
+        return _plan_raster(path, tile_size, tile_stride, bands)
     try:
         if os.path.getsize(path) == 0:
             raise DataError(f"{path}: empty file (0 bytes)")
@@ -157,7 +165,7 @@ def plan_file(path: str, tile_size: int, tile_stride: int) -> FilePlan:
     return plan
 
 
-def _plan_raster(path: str, tile_size: int, tile_stride: int) -> FilePlan:
+def _plan_raster(path: str, tile_size: int, tile_stride: int, bands: BandRequest | None) -> FilePlan:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
     import warnings
@@ -171,12 +179,15 @@ def _plan_raster(path: str, tile_size: int, tile_stride: int) -> FilePlan:
                 crs = ds.crs
                 transform = ds.transform
                 georef = crs is not None and not transform.is_identity
-                stretch = None if dtype == "uint8" else _scene_stretch(ds)
+                rgb = choose_rgb_bands(ds, bands, path)
+                stretch = None if dtype == "uint8" else _scene_stretch(ds, rgb.indexes)
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"{path}: not a readable raster ({_short(exc)})") from exc
     is_scene = georef or width > tile_size or height > tile_size
     plan = FilePlan("scene" if is_scene else "image", width, height, count, dtype,
-                    crs.to_string() if georef else None, stretch)
+                    crs.to_string() if georef else None, stretch, rgb=rgb)
     if not is_scene:
         plan.items.append({"kind": "image", "window": [0, 0, width, height], "bounds": None, "footprint": None})
         return plan
@@ -213,12 +224,13 @@ def window_lonlat(crs, transform, col: int, row: int, width: int, height: int):
     return [float(w), float(s), float(e), float(n)], ring
 
 
-def _scene_stretch(ds) -> list:
-    """Per-band 2-98 percentile from a decimated read (uses overviews when the file has them)."""
+def _scene_stretch(ds, bands) -> list:
+    """Per-band 2-98 percentile of the valid pixels of the RGB `bands`, from a decimated read
+    (uses overviews when the file has them)."""
     scale = max(ds.width, ds.height) / _STATS_SIDE
     shape = (max(1, int(ds.height / max(scale, 1))), max(1, int(ds.width / max(scale, 1))))
     out = []
-    for b in _rgb_bands(ds.count):
+    for b in bands:
         data = ds.read(b, out_shape=shape, masked=True)
         vals = data.compressed() if np.ma.isMaskedArray(data) else data.ravel()
         vals = vals[np.isfinite(vals)] if vals.dtype.kind == "f" else vals
@@ -230,46 +242,30 @@ def _scene_stretch(ds) -> list:
     return out
 
 
-def _rgb_bands(count: int) -> list[int]:
-    return [1, 2, 3] if count >= 3 else [1, 1, 1]
-
-
-def to_uint8(data: np.ndarray, stretch: list | None) -> np.ndarray:
-    """[3,H,W] array of any dtype -> uint8, stretching with `stretch` (per band lo/hi) or, when
-    missing and not 8-bit, with the array's own percentiles."""
-    if data.dtype == np.uint8 and stretch is None:
-        return data
-    data = data.astype(np.float32)
-    out = np.empty(data.shape, dtype=np.uint8)
-    for i in range(data.shape[0]):
-        if stretch is not None:
-            lo, hi = stretch[min(i, len(stretch) - 1)]
-        else:
-            band = data[i][np.isfinite(data[i])]
-            lo, hi = np.percentile(band, STRETCH_PERCENTILES) if band.size else (0.0, 1.0)
-            hi = hi if hi > lo else lo + 1
-        scaled = (np.nan_to_num(data[i], nan=lo) - lo) * (255.0 / (hi - lo))
-        out[i] = np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
-    return out
-
-
 def read_raster_window(ds, window: list[int] | None, stretch: list | None,
-                       out_side: int | None = None) -> Image.Image:
-    """Read the RGB bands of `window` (col, row, w, h; None = whole raster) as a PIL image.
+                       out_side: int | None = None, *, bands: RgbBands | None = None) -> Image.Image:
+    """Read the RGB bands of `window` (col, row, w, h; None = whole raster) as a PIL image."""
+    return Image.fromarray(read_window(ds, window, stretch, out_side, bands=bands).pixels, "RGB")
 
-    With `out_side`, the read is decimated by GDAL to at most that many pixels per side (it uses
-    overviews when present), which is how thumbnails and scene overviews avoid full decodes.
-    """
+
+def read_window(ds, window: list[int] | None, stretch: list | None, out_side: int | None = None, *,
+                bands: RgbBands | None = None):
+    """`window`'s pixels and validity (`priorclip.data.rasters.RgbRead`), invalid pixels filled.
+
+    `bands` are the scene's recorded RGB bands; None (an index from before they were recorded)
+    chooses them from the file now. With `out_side`, the read is decimated by GDAL to at most
+    that many pixels per side (it uses overviews when present), which is how thumbnails and
+    scene overviews avoid full decodes."""
     from rasterio.windows import Window
 
     win = Window(*window) if window is not None else Window(0, 0, ds.width, ds.height)
     out_shape = None
     if out_side is not None and max(win.width, win.height) > out_side:
         s = out_side / max(win.width, win.height)
-        out_shape = (3, max(1, round(win.height * s)), max(1, round(win.width * s)))
-    data = ds.read(_rgb_bands(ds.count), window=win, out_shape=out_shape, boundless=False)
-    rgb = to_uint8(data, stretch)
-    return Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0)), "RGB")
+        out_shape = (max(1, round(win.height * s)), max(1, round(win.width * s)))
+    if bands is None:
+        bands = choose_rgb_bands(ds, None, getattr(ds, "name", "raster"))
+    return read_rgb(ds, bands, win, out_shape=out_shape, stretch=stretch)
 
 
 def open_raster(path: str):
@@ -283,18 +279,27 @@ def open_raster(path: str):
 
 
 def read_item(path: str, window: list[int] | None, stretch: list | None, *,
-              max_side: int | None = None, ds=None) -> Image.Image:
-    """Decode one item as RGB: a scene tile (`window` given) by a windowed GDAL read with the
-    scene's stretch, a whole image through the project's shared reader `load_image`, so search
-    sees the same pixels as training and evaluation."""
-    if window is None:
-        from priorclip.data.images import load_image
+              max_side: int | None = None, ds=None, bands: RgbBands | None = None) -> Image.Image:
+    """Decode one item as RGB (see `read_tile`)."""
+    return read_tile(path, window, stretch, max_side=max_side, ds=ds, bands=bands).image
 
-        return load_image(path, max_side=max_side)
+
+def read_tile(path: str, window: list[int] | None, stretch: list | None, *,
+              max_side: int | None = None, ds=None, bands: RgbBands | None = None) -> ImageRead:
+    """Decode one item as RGB with its valid fraction: a scene tile (`window` given) by a
+    windowed GDAL read with the scene's stretch and RGB `bands`, a whole image through the
+    project's shared reader (`read_image`, as `load_image`), so search sees the same pixels as
+    training and evaluation. A whole raster chose its bands by the same rules when planned; only
+    a `--bands` choice has to be passed on."""
+    if window is None:
+        request = parse_bands(bands.request) if bands is not None and bands.request else None
+        return read_image(path, bands=request, max_side=max_side)
     if ds is not None:
-        return read_raster_window(ds, window, stretch, max_side)
-    with open_raster(path) as opened:
-        return read_raster_window(opened, window, stretch, max_side)
+        read = read_window(ds, window, stretch, max_side, bands=bands)
+    else:
+        with open_raster(path) as opened:
+            read = read_window(opened, window, stretch, max_side, bands=bands)
+    return ImageRead(Image.fromarray(read.pixels, "RGB"), read.valid_fraction, bands)
 
 
 def is_raster(path: str) -> bool:

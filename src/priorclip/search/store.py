@@ -6,6 +6,10 @@
       vectors.faiss   the search structure, rebuilt from items.sqlite after each run
       report.json     files that could not be read and why
 
+Format 2 added the bands shown as RGB per file (`files.rgb`) and each item's valid fraction
+(`items.valid_fraction`, state 2 = below --min-valid, not embedded). A format-1 database gains
+the columns when a writer opens it; a reader (the server) sees them as NULL, "unknown".
+
 SQLite is the source of truth: each embedded batch is committed in one transaction, so a killed run
 loses at most the batch in flight and a rerun embeds only the items still without a vector. The
 FAISS file, report.json and index.json are published together by `publish`: all three are
@@ -33,7 +37,9 @@ INDEX_JSON = "index.json"
 DB_NAME = "items.sqlite"
 FAISS_NAME = "vectors.faiss"
 REPORT_NAME = "report.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# (table, column, type) added after format 1; ALTER TABLE adds them to an older database
+_ADDED_COLUMNS = (("files", "rgb", "TEXT"), ("items", "valid_fraction", "REAL"))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -45,6 +51,7 @@ CREATE TABLE IF NOT EXISTS files (
   size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
   kind TEXT, raster INTEGER NOT NULL DEFAULT 0,
   width INTEGER, height INTEGER, bands INTEGER, dtype TEXT, crs TEXT, stretch TEXT,
+  rgb TEXT,                                 -- JSON RgbBands: bands shown as R, G, B and why
   status TEXT NOT NULL DEFAULT 'planned',   -- planned | failed
   error TEXT
 );
@@ -54,8 +61,9 @@ CREATE TABLE IF NOT EXISTS items (
   kind TEXT NOT NULL,                       -- image | tile
   col INTEGER, row INTEGER, w INTEGER, h INTEGER,
   bounds TEXT, footprint TEXT,
-  state INTEGER NOT NULL DEFAULT 0,         -- 0 pending, 1 embedded, -1 failed
-  error TEXT
+  state INTEGER NOT NULL DEFAULT 0,         -- 0 pending, 1 embedded, -1 failed, 2 below --min-valid
+  error TEXT,
+  valid_fraction REAL                       -- share of valid pixels; NULL = not measured yet
 );
 CREATE INDEX IF NOT EXISTS items_file ON items(file_id);
 CREATE INDEX IF NOT EXISTS items_state ON items(state);
@@ -219,6 +227,27 @@ class Store:
             con.executescript(_SCHEMA)
             con.execute("INSERT OR IGNORE INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
             con.commit()
+            self._upgrade()
+        self._missing = self._missing_columns()
+
+    def _missing_columns(self) -> set[str]:
+        have = {(t, r["name"]) for t in ("files", "items") for r in self.conn.execute(f"PRAGMA table_info({t})")}
+        return {c for t, c, _ in _ADDED_COLUMNS if (t, c) not in have}
+
+    def _upgrade(self) -> None:
+        """Bring a format-1 database to this format: add the new columns (NULL = unknown)."""
+        missing = self._missing_columns()
+        if not missing:
+            return
+        with self.conn:
+            for table, column, kind in _ADDED_COLUMNS:
+                if column in missing:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
+
+    def _col(self, table: str, column: str) -> str:
+        """`table.column`, or NULL under its name for a read-only format-1 database."""
+        return f"NULL AS {column}" if column in self._missing else f"{table}.{column} AS {column}"
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -279,11 +308,13 @@ class Store:
                     "INSERT INTO files(path, root_id, size, mtime_ns, raster, status, error) "
                     "VALUES (?,?,?,?,?, 'failed', ?)", (path, root_id, size, mtime_ns, int(raster), error))
                 return cur.lastrowid
+            rgb = getattr(plan, "rgb", None)
             cur = self.conn.execute(
                 "INSERT INTO files(path, root_id, size, mtime_ns, kind, raster, width, height, bands, "
-                "dtype, crs, stretch, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?, 'planned')",
+                "dtype, crs, stretch, rgb, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?, 'planned')",
                 (path, root_id, size, mtime_ns, plan.kind, int(raster), plan.width, plan.height,
-                 plan.bands, plan.dtype, plan.crs, json.dumps(plan.stretch) if plan.stretch else None))
+                 plan.bands, plan.dtype, plan.crs, json.dumps(plan.stretch) if plan.stretch else None,
+                 json.dumps(rgb.to_dict()) if rgb is not None else None))
             file_id = cur.lastrowid
             self.conn.executemany(
                 "INSERT INTO items(file_id, kind, col, row, w, h, bounds, footprint) VALUES (?,?,?,?,?,?,?,?)",
@@ -295,29 +326,51 @@ class Store:
     # ---- items & vectors ------------------------------------------------------------------
     def pending_items(self) -> list[dict]:
         q = ("SELECT items.id, items.kind, items.col, items.row, items.w, items.h, files.path, files.raster, "
-             "files.stretch FROM items JOIN files USING(file_id) WHERE items.state=0 ORDER BY items.id")
+             "files.stretch, files.rgb FROM items JOIN files USING(file_id) WHERE items.state=0 ORDER BY items.id")
         rows = self.conn.execute(q).fetchall()
         out = []
         for r in rows:
             out.append({"id": r["id"], "path": r["path"], "raster": bool(r["raster"]),
                         "window": [r["col"], r["row"], r["w"], r["h"]] if r["kind"] == "tile" else None,
-                        "stretch": json.loads(r["stretch"]) if r["stretch"] else None})
+                        "stretch": json.loads(r["stretch"]) if r["stretch"] else None,
+                        "rgb": json.loads(r["rgb"]) if r["rgb"] else None})
         return out
+
+    def apply_min_valid(self, min_valid: float) -> tuple[int, int]:
+        """Re-sort measured items by a new --min-valid without decoding anything: items skipped
+        before that now pass become pending, embedded ones that now fail lose their vector.
+        Returns (revived, dropped)."""
+        with self.conn:
+            revived = self.conn.execute(
+                "UPDATE items SET state=0 WHERE state=2 AND valid_fraction > 0 AND valid_fraction >= ?",
+                (min_valid,)).rowcount
+            dropped_ids = [r[0] for r in self.conn.execute(
+                "SELECT id FROM items WHERE state=1 AND valid_fraction IS NOT NULL AND "
+                "(valid_fraction <= 0 OR valid_fraction < ?)", (min_valid,))]
+            self.conn.executemany("DELETE FROM vectors WHERE id=?", [(i,) for i in dropped_ids])
+            self.conn.executemany("UPDATE items SET state=2 WHERE id=?", [(i,) for i in dropped_ids])
+        return revived, len(dropped_ids)
 
     def reset_failed_items(self) -> int:
         """Make items that failed to decode pending again (for --retry-failed)."""
         with self.conn:
             return self.conn.execute("UPDATE items SET state=0, error=NULL WHERE state=-1").rowcount
 
-    def commit_batch(self, ids: list[int], vectors: np.ndarray, failures: list[tuple[int, str]] = ()) -> None:
-        """Store one batch's vectors (and its failed items) atomically."""
+    def commit_batch(self, ids: list[int], vectors: np.ndarray, failures: list[tuple[int, str]] = (), *,
+                     valid: list[float | None] | None = None, nodata: list[tuple[int, float]] = ()) -> None:
+        """Store one batch atomically: vectors with their items' valid fractions (`valid`, in the
+        order of `ids`), failed items, and items skipped as below --min-valid (`nodata`)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        valid = list(valid) if valid is not None else [None] * len(ids)
         with self.conn:
             self.conn.executemany("INSERT OR REPLACE INTO vectors(id, vec) VALUES (?, ?)",
                                   [(int(i), v.tobytes()) for i, v in zip(ids, vectors)])
-            self.conn.executemany("UPDATE items SET state=1, error=NULL WHERE id=?", [(int(i),) for i in ids])
+            self.conn.executemany("UPDATE items SET state=1, error=NULL, valid_fraction=? WHERE id=?",
+                                  [(vf, int(i)) for i, vf in zip(ids, valid)])
             self.conn.executemany("UPDATE items SET state=-1, error=? WHERE id=?",
                                   [(err, int(i)) for i, err in failures])
+            self.conn.executemany("UPDATE items SET state=2, error=NULL, valid_fraction=? WHERE id=?",
+                                  [(float(vf), int(i)) for i, vf in nodata])
 
     def iter_vectors(self, dim: int, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         last = -1
@@ -351,7 +404,8 @@ class Store:
         tiles = c.execute("SELECT COUNT(*) FROM items WHERE kind='tile' AND state=1").fetchone()[0]
         return {"files": files, "scenes": scenes, "failed_files": failed_files,
                 "items": by_state.get(1, 0), "tiles": tiles,
-                "pending_items": by_state.get(0, 0), "failed_items": by_state.get(-1, 0)}
+                "pending_items": by_state.get(0, 0), "failed_items": by_state.get(-1, 0),
+                "nodata_items": by_state.get(2, 0)}
 
     def failures(self) -> list[dict]:
         out = [{"path": r["path"], "error": r["error"]}
@@ -363,17 +417,19 @@ class Store:
                     "WHERE items.state=-1 ORDER BY items.id")]
         return out
 
-    _ITEM_SQL = ("SELECT items.id, items.kind, items.col, items.row, items.w, items.h, items.bounds, "
-                 "items.footprint, items.state, files.file_id, files.path, files.root_id, files.kind AS file_kind, "
-                 "files.raster, files.width, files.height, files.crs, files.stretch, files.dtype, files.bands "
-                 "FROM items JOIN files USING(file_id) ")
+    def _item_sql(self) -> str:
+        return ("SELECT items.id, items.kind, items.col, items.row, items.w, items.h, items.bounds, "
+                "items.footprint, items.state, files.file_id, files.path, files.root_id, files.kind AS file_kind, "
+                "files.raster, files.width, files.height, files.crs, files.stretch, files.dtype, files.bands, "
+                f"{self._col('files', 'rgb')}, {self._col('items', 'valid_fraction')} "
+                "FROM items JOIN files USING(file_id) ")
 
     def items(self, ids: Iterable[int]) -> dict[int, dict]:
         ids = [int(i) for i in ids]
         out: dict[int, dict] = {}
         for start in range(0, len(ids), 500):
             part = ids[start:start + 500]
-            q = self._ITEM_SQL + f"WHERE items.id IN ({','.join('?' * len(part))})"
+            q = self._item_sql() + f"WHERE items.id IN ({','.join('?' * len(part))})"
             for r in self.conn.execute(q, part):
                 out[r["id"]] = _item_dict(r)
         return out
@@ -388,6 +444,7 @@ class Store:
         return {"scene_id": r["file_id"], "path": r["path"], "root_id": r["root_id"], "width": r["width"],
                 "height": r["height"], "crs": r["crs"], "bands": r["bands"], "dtype": r["dtype"],
                 "stretch": json.loads(r["stretch"]) if r["stretch"] else None,
+                "rgb": json.loads(r["rgb"]) if "rgb" in r.keys() and r["rgb"] else None,
                 "tiles": self.conn.execute("SELECT COUNT(*) FROM items WHERE file_id=? AND state=1",
                                            (int(file_id),)).fetchone()[0]}
 
@@ -402,5 +459,7 @@ def _item_dict(r: sqlite3.Row) -> dict:
         "scene_id": r["file_id"] if r["file_kind"] == "scene" else None,
         "scene_size": [r["width"], r["height"]] if r["file_kind"] == "scene" else None,
         "stretch": json.loads(r["stretch"]) if r["stretch"] else None,
+        "rgb": json.loads(r["rgb"]) if r["rgb"] else None,
+        "valid_fraction": r["valid_fraction"],
         "embedded": r["state"] == 1,
     }

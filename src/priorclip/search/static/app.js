@@ -35,6 +35,21 @@ function describeWhere(hit) {
   return `tile ${w}×${h} at ${c},${r}`;
 }
 
+// Share of the item's pixels the file marks valid (nodata, mask, alpha), e.g. "valid 73 %";
+// null for fully valid items and for indexes made before it was measured.
+function validLabel(hit) {
+  const v = hit.valid_fraction;
+  if (v === null || v === undefined || v >= 1) return null;
+  return `valid ${Math.round(v * 100)} %`;
+}
+
+function describeBands(hit) {
+  if (!hit.rgb_bands) return null;
+  const names = hit.rgb_band_names || [];
+  const parts = hit.rgb_bands.map((b, i) => (names[i] ? `${b} ${names[i]}` : `${b}`));
+  return `${parts.join(", ")} (${hit.rgb_bands_from})`;
+}
+
 function renderResults(data, label) {
   state.hits = data.results;
   const grid = $("results");
@@ -43,7 +58,10 @@ function renderResults(data, label) {
     const card = el("button", { type: "button", class: "card", "data-id": hit.id, title: hit.path });
     const img = el("img", { src: `${hit.thumbnail}?size=256`, alt: hit.name, loading: "lazy" });
     const meta = el("div", { class: "meta" });
-    meta.append(el("span", { class: "score" }, hit.score.toFixed(3)), el("span", { class: "name" }, hit.name));
+    meta.append(el("span", { class: "score" }, hit.score.toFixed(3)));
+    const valid = validLabel(hit);
+    if (valid) meta.append(el("span", { class: "valid", title: "share of valid (not nodata) pixels" }, valid));
+    meta.append(el("span", { class: "name" }, hit.name));
     card.append(img, meta);
     card.addEventListener("click", () => showDetail(hit));
     grid.append(card);
@@ -104,6 +122,11 @@ function showDetail(hit) {
   $("detail-image").alt = hit.name;
   const rows = [["id", hit.id], ["score", hit.score !== undefined ? hit.score.toFixed(4) : "–"],
     ["path", hit.path], ["kind", describeWhere(hit)]];
+  if (hit.valid_fraction !== null && hit.valid_fraction !== undefined) {
+    rows.push(["valid pixels", `${Math.round(hit.valid_fraction * 100)} %`]);
+  }
+  const bands = describeBands(hit);
+  if (bands) rows.push(["RGB bands", bands]);
   if (hit.crs) rows.push(["scene CRS", hit.crs]);
   if (hit.bounds) {
     const [w, s, e, n] = hit.bounds;

@@ -3,8 +3,10 @@
 Each encoder becomes one file whose graph is the model's own `encode_image` / `encode_text` with
 `normalize=True`, so the outputs are the unit-length embeddings retrieval compares. The batch axis
 is dynamic; image size and text length are fixed at export (the model's `image_size` and the
-tokenizer's context length). Tokenisation stays in Python (`model.tokenize`): it is string work
-that ONNX does not express well.
+tokenizer's context length), except for a tokenizer that pads to the batch's longest caption (the
+released PIR preprocessing, `text_cfg.padding: longest`): its text length axis is dynamic too, and
+the check runs a batch of another length. Tokenisation stays in Python (`model.tokenize`): it is
+string work that ONNX does not express well.
 
 The exporter tried first is TorchScript-based (`dynamo=False`): it needs only `onnx`, while the
 dynamo exporter also needs `onnxscript`. The dynamo exporter is the fallback when the first fails.
@@ -106,7 +108,8 @@ def export_onnx(model: nn.Module, out_dir: str | Path, image_size: int | None = 
         images = torch.randn(2, 3, image_size, image_size, generator=gen)
         tokens = model.tokenize(_EXPORT_TEXTS)
         result.exporter["image"] = _export(image_encoder, images, result.image_path, "images", opset)
-        result.exporter["text"] = _export(text_encoder, tokens, result.text_path, "tokens", opset)
+        longest = getattr(getattr(model, "tokenizer", None), "padding", None) == "longest"
+        result.exporter["text"] = _export(text_encoder, tokens, result.text_path, "tokens", opset, dynamic_length=longest)
         if check:
             check_images = torch.randn(3, 3, image_size, image_size, generator=gen)
             check_tokens = model.tokenize(_CHECK_TEXTS)
@@ -120,12 +123,16 @@ def export_onnx(model: nn.Module, out_dir: str | Path, image_size: int | None = 
         "model_name": getattr(model, "model_name", type(model).__name__),
         "embed_dim": getattr(model, "embed_dim", None),
         "image_size": image_size,
-        "context_length": int(tokens.shape[1]),
+        "context_length": int(getattr(getattr(model, "tokenizer", None), "context_length", tokens.shape[1])),
+        "padding": getattr(getattr(model, "tokenizer", None), "padding", "max_length"),
         "mean": icfg.get("mean"),
         "std": icfg.get("std"),
+        "resize_mode": icfg.get("resize_mode", "shortest"),
+        "preprocess": (getattr(model, "model_config", {}) or {}).get("preprocess", "ours"),
         "opset": opset,
         "inputs": {"image": "images float32 (batch, 3, image_size, image_size), normalised with mean/std",
-                   "text": "tokens int64 (batch, context_length) from model.tokenize"},
+                   "text": "tokens int64 (batch, context_length) from model.tokenize (padding 'longest': "
+                           "(batch, length of the batch's longest caption, at most context_length))"},
         "outputs": "embeddings float32 (batch, embed_dim), unit length",
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items() if k != "config_path"},
     }
@@ -142,23 +149,28 @@ def _import_onnxruntime():
     return onnxruntime
 
 
-def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, opset: int) -> str:
-    """Export with the TorchScript exporter, falling back to dynamo; returns which one worked."""
+def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, opset: int,
+            dynamic_length: bool = False) -> str:
+    """Export with the TorchScript exporter, falling back to dynamo; returns which one worked.
+    `dynamic_length`: axis 1 of the input (token positions) is dynamic as well as the batch."""
     errors = []
+    axes = {0: "batch", 1: "length"} if dynamic_length else {0: "batch"}
     try:
         with warnings.catch_warnings(), torch.no_grad(), _stable_sort_symbolic(opset), _no_mha_fastpath():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
             torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=["embeddings"],
-                              dynamic_axes={input_name: {0: "batch"}, "embeddings": {0: "batch"}},
+                              dynamic_axes={input_name: axes, "embeddings": {0: "batch"}},
                               opset_version=opset, dynamo=False)
         return "torchscript"
     except Exception as exc:  # noqa: BLE001 - any exporter failure means: try the other exporter
         errors.append(f"torchscript: {type(exc).__name__}: {exc}")
     try:
-        batch = torch.export.Dim("batch", min=1)
+        shapes = {0: torch.export.Dim("batch", min=1)}
+        if dynamic_length:
+            shapes[1] = torch.export.Dim("length", min=2)
         with torch.no_grad(), _no_mha_fastpath():
             program = torch.onnx.export(module, (example,), input_names=[input_name], output_names=["embeddings"],
-                                        dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True)
+                                        dynamic_shapes=(shapes,), opset_version=opset, dynamo=True)
         program.save(str(path))
         return "dynamo"
     except Exception as exc:  # noqa: BLE001

@@ -45,6 +45,61 @@ class DemoSettings:
     steps: list = field(default_factory=list)
 
 
+#: The settings that decide a demo's outputs (not where they go or how fast they are made).
+OUTPUT_SETTINGS = ("data", "labels", "n_per_class", "image_size", "filter_size", "prior_epochs", "epochs",
+                   "batch_size", "seed")
+SUMMARY = "demo_summary.json"
+
+
+def _output_settings(settings: DemoSettings) -> dict:
+    return {k: (str(getattr(settings, k)) if k == "data" and settings.data is not None else getattr(settings, k))
+            for k in OUTPUT_SETTINGS}
+
+
+def previous_run(settings: DemoSettings) -> tuple[dict | None, str]:
+    """-> (summary, "") when `settings.out` holds a finished demo made with the same settings, so
+    `--serve` can show it at once instead of spending minutes redoing it; else (None, why not)."""
+    out = Path(settings.out)
+    try:
+        summary = json.loads((out / SUMMARY).read_text())
+    except FileNotFoundError:
+        return None, f"no finished demo in {out}/ (no {SUMMARY})"
+    except (OSError, ValueError) as exc:
+        return None, f"{out / SUMMARY} is unreadable ({exc})"
+    missing = [str(p) for p in (out / "index" / "index.json", *(out / "runs" / r / "test_best.json" for r in
+                                                                ("prior", "priorclip", "baseline")))
+               if not p.is_file()]
+    if missing:
+        return None, f"the demo in {out}/ is incomplete ({', '.join(missing)} missing)"
+    if "settings" not in summary:
+        return None, f"the demo in {out}/ was made by an older version that did not record its settings"
+    if summary["settings"] != _output_settings(settings):
+        return None, f"the demo in {out}/ was made with other settings ({summary.get('settings')})"
+    return summary, ""
+
+
+def serve_index(index_dir: Path, port: int = 8000, device: str = "cpu") -> None:
+    """The search page on the demo's index, on this machine only, until Ctrl-C."""
+    import uvicorn
+
+    from .search.query import SearchIndex
+    from .search.server import create_app
+
+    print(f"\nServing the search page at http://127.0.0.1:{port}/  (Ctrl-C to stop)", flush=True)
+    uvicorn.run(create_app(SearchIndex(index_dir, device=device)), host="127.0.0.1", port=port, log_level="warning")
+
+
+def print_next_steps(index_dir: Path) -> None:
+    """Commands to try next, written so they run as printed (the running executable, not a bare
+    `priorclip` that may not be on PATH after scripts/setup.sh)."""
+    import shlex
+
+    from .cli.invocation import priorclip_command
+
+    cmd, idx = priorclip_command(), shlex.quote(str(index_dir))
+    print(f"Search it yourself:  {cmd} search {idx} \"planes near a runway\"   or   {cmd} serve {idx}")
+
+
 def _step(settings: DemoSettings, title: str):
     """Context manager printing a step's title and duration, recorded in settings.steps."""
     class _Timer:
@@ -95,7 +150,7 @@ def run_demo(settings: DemoSettings, serve: bool = False, port: int = 8000) -> d
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    summary: dict = {"synthetic": settings.data is None}
+    summary: dict = {"synthetic": settings.data is None, "settings": _output_settings(settings)}
 
     with _step(settings, "1/6 data"):
         if settings.data is None:
@@ -182,16 +237,11 @@ def run_demo(settings: DemoSettings, serve: bool = False, port: int = 8000) -> d
 
     summary["steps"] = settings.steps
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str) + "\n")  # last: marks it finished
     print(f"\nDemo finished in {summary['seconds']:.0f} s. Outputs in {out}/:")
     print("  data/ (dataset.json, images/)   runs/prior, runs/priorclip, runs/baseline (checkpoints, logs, test reports)")
-    print("  index/ (search index)            demo_summary.json")
-    print(f"Search it yourself:  priorclip search {index_dir} \"planes near a runway\"   or   priorclip serve {index_dir}")
+    print(f"  index/ (search index)            {SUMMARY}")
+    print_next_steps(index_dir)
     if serve:
-        import uvicorn
-
-        from .search.server import create_app
-
-        print(f"\nServing the search page at http://127.0.0.1:{port}/  (Ctrl-C to stop)")
-        uvicorn.run(create_app(SearchIndex(index_dir, device=settings.device)), host="127.0.0.1", port=port, log_level="warning")
+        serve_index(index_dir, port, settings.device)
     return summary

@@ -13,6 +13,7 @@ import sys
 import traceback
 
 from priorclip.cli import exit_status
+from priorclip.cli.invocation import priorclip_command
 
 # verb -> module; order is the order shown by --help (the pipeline order a user follows).
 VERBS = {
@@ -47,7 +48,8 @@ def build_parser(verbs=None) -> argparse.ArgumentParser:
         prog="priorclip",
         description="PriorCLIP: remote sensing image-text retrieval. Train and evaluate models,\n"
         "index an image archive and search it by text or image.",
-        epilog="Run `priorclip VERB --help` for each verb's options and examples.\n\n" + exit_status.EPILOG,
+        epilog=f"Run `{priorclip_command()} VERB --help` for each verb's options and examples.\n\n"
+        + exit_status.EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")

@@ -204,7 +204,8 @@ def run(args) -> int:
         left_out = (f" ({len(skipped)} unreadable image(s) and their {sum(e['captions'] for e in skipped)} "
                     "caption(s) left out)")
     print(f"{report['model']} on {args.data} ({dataset.format}) [{dataset.split}]: "
-          f"{dataset.num_images - len(skipped)} images, {report['ties']['n_texts']} captions{left_out}, ties={args.ties}")
+          f"{dataset.num_images - len(skipped)} images, {report['ties']['n_texts']} captions{left_out}, "
+          f"ties={args.ties}")
     print(format_recall_table(report, args.ties))
     if args.out:
         out = Path(args.out)

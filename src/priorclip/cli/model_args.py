@@ -2,7 +2,8 @@
 (index, evaluate, zeroshot); the rule is `priorclip.model_spec`'s."""
 from __future__ import annotations
 
-MODEL_HELP = "checkpoint directory (written by `priorclip train` or `priorclip convert`); a model name only with --random-weights"
+MODEL_HELP = ("checkpoint directory (written by `priorclip train` or `priorclip convert`); a model name only "
+              "with --random-weights")
 RANDOM_WEIGHTS_HELP = ("accept a model name (`priorclip models`) and build it with seeded random weights "
                        "(repeatable, chance-level: for trying the pipeline)")
 

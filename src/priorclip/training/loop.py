@@ -465,19 +465,16 @@ class Trainer:
         if stage == "prior":
             from priorclip.errors import CheckpointError
             from priorclip.models.factory import merge_config
-            from priorclip.models.transforms import image_transform
+            from priorclip.models.transforms import transform_from_config
 
             base = merge_config(pm.get_model_config(r.model), r.model_overrides)
             try:
                 prior_cfg = ck.prior_spec(base)
             except CheckpointError as exc:
                 raise ConfigError(f"recipe key 'model': {exc}") from None
-            image_size = base["vision_cfg"].get("image_size", 224)
-            icfg = base.get("image_cfg", {})
-
-            tf = image_transform(image_size, train=r.data.augment, mean=icfg.get("mean"), std=icfg.get("std"),
-                                 aug=r.data.aug if r.data.augment else None)
-            self.eval_tf = image_transform(image_size, train=False, mean=icfg.get("mean"), std=icfg.get("std"))
+            # the model's own input preset (mean/std, resize mode, augmentation), as its other stages use
+            tf = transform_from_config(base, train=r.data.augment, aug=r.data.aug)
+            self.eval_tf = transform_from_config(base, train=False)
             self.train_ds = _dataset(r, r.data.train_split, tf, "images")
             classes = self.train_ds.classes
             if not classes or all(l < 0 for l in self.train_ds.labels):

@@ -104,21 +104,25 @@ class ClosedPriorCLIP(ClosedDualEncoder):
         if self.embed_dim % heads:
             raise ConfigError(f"pae_cfg.heads={heads} does not divide embed_dim={self.embed_dim}")
         # ablation switches (paper Table of ablations): without Spatial-PAE the image side is the
-        # baseline's (no prior at all), without Temporal-PAE the text side is
+        # baseline's (no prior at all), without Temporal-PAE the text side is. Modules are built in
+        # the same order as always, so a seed gives the full model the same initial weights.
         self.spatial, self.temporal = pae.get("spatial", True), pae.get("temporal", True)
+        if self.spatial:
+            prior_width = pcfg.get("width")
+            if build_backbones:
+                self.prior = PriorTower(pcfg["backbone"], frozen=pcfg.get("frozen", True),
+                                        **pcfg.get("backbone_kwargs", {}))
+                prior_width = self.prior.width
+            self.conv_proj = nn.Linear(prior_width, self.embed_dim)
+            self.spatial_pae = SpatialPAE(self.embed_dim, heads, pae["instru_num"], pae["filter_size"], dropout,
+                                          belief=pae.get("belief", "hard"),
+                                          soft_weighting=pae.get("soft_weighting", "released"),
+                                          belief_tokens=pae.get("belief_tokens"))
         if self.temporal:
             self.temporal_pae = TemporalPAE(self.embed_dim, heads, pae["cycle_num"], dropout)
         self.temp2 = nn.Parameter(torch.tensor(float(config.get("temperature_affiliation", 0.07))))
         if not self.spatial:
             return
-        prior_width = pcfg.get("width")
-        if build_backbones:
-            self.prior = PriorTower(pcfg["backbone"], frozen=pcfg.get("frozen", True), **pcfg.get("backbone_kwargs", {}))
-            prior_width = self.prior.width
-        self.conv_proj = nn.Linear(prior_width, self.embed_dim)
-        self.spatial_pae = SpatialPAE(self.embed_dim, heads, pae["instru_num"], pae["filter_size"], dropout,
-                                      belief=pae.get("belief", "hard"), soft_weighting=pae.get("soft_weighting", "released"),
-                                      belief_tokens=pae.get("belief_tokens"))
         if build_backbones and self.spatial_pae.belief == "hard":
             n_tokens = self.visual.num_tokens(config["vision_cfg"].get("image_size", 224))
             scored = min(n_tokens, pae.get("belief_tokens") or n_tokens)

@@ -257,7 +257,8 @@ def missing_runs(args, results) -> list[str]:
     return [f"{key} seed {seed}" for key, seed in want if seed not in results.get(key, {})]
 
 
-def markdown(args, results, summary) -> str:
+def markdown(args, results, summary) -> tuple[str, str]:
+    """(the whole report for RESULTS.md, its head -- summary and comparison -- for the README)."""
     from priorclip.evaluation.metrics import format_recall_table
 
     missing = missing_runs(args, results)
@@ -293,6 +294,7 @@ def markdown(args, results, summary) -> str:
             if pairs:
                 lines.append(f"- {SUBJECTS[key]['name']}: " + ", ".join(f"seed {sd} {d:+.2f}" for sd, d in pairs)
                              + f"; mean {statistics.fmean(d for _, d in pairs):+.2f}")
+    head = len(lines)
     lines += ["", "Full tables (first seed of each subject; `[min–max]` where tied captions allow several answers):", ""]
     first = {key: by_seed[min(by_seed)] for key, by_seed in results.items()}
     header = format_recall_table(next(iter(first.values()))["test"]).splitlines()[:2]
@@ -317,7 +319,8 @@ def markdown(args, results, summary) -> str:
             lines.append(f"| {SUBJECTS[key]['name']} | {s['pairs_per_s']:.1f} | {s['gflop_per_pair']:.2f} | "
                          f"{ratio:.2f} | {bound:.2f} | {ratio / bound:.2f} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines), "\n".join(lines[:head] + ["", "Full tables, priors and training cost: "
+                                                       "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)."])
 
 
 def _pairs_text(summary) -> str:
@@ -354,14 +357,14 @@ def main(argv=None) -> None:
     summary = summarise(results)
     for key in summary:
         summary[key]["gflop_per_pair"] = train_flops_per_pair(args, key) / 1e9
-    text = markdown(args, results, summary)
+    text, short = markdown(args, results, summary)
     print(text)
     figures = {"args": vars(args), "summary": summary, "load_average_end": [round(x, 2) for x in os.getloadavg()],
                "results": {k: {str(s): r for s, r in v.items()} for k, v in results.items()}}
     save_results(args.json, figures, "## UCM-captions from scratch", text, "benchmarks/ucm_from_scratch/run.py",
                  markdown=args.results_md)
     if args.readme:  # a partial report says so in its first line (missing_runs)
-        write_readme(text)
+        write_readme(short)
 
 
 if __name__ == "__main__":

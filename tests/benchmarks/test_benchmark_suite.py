@@ -2,7 +2,6 @@
 cached embeddings) and the child scripts' figures merged into results.json. No timing is asserted."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,15 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scripts import load_script
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def suite():
-    spec = importlib.util.spec_from_file_location("priorclip_bench_run", BENCH / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/run.py", "priorclip_bench_run")
 
 
 @pytest.fixture

@@ -2,13 +2,13 @@
 synthetic dataset and a tiny CLIP (one real open_clip_train run of two epochs, one failing run)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ucm_from_scratch" / "open_clip_subject.py"
+from scripts import load_script
+
 TINY = {"embed_dim": 16,
         "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 32, "head_width": 16, "layers": 1},
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
@@ -17,37 +17,23 @@ BATCH = 8
 
 @pytest.fixture(scope="module")
 def subject():
-    spec = importlib.util.spec_from_file_location("priorclip_open_clip_subject", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/ucm_from_scratch/open_clip_subject.py", "priorclip_open_clip_subject")
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """3 scene classes x 6 images of 64 px (train 4 / val 1 / test 1 per class), 5 captions each:
-    60 training pairs, so batch 8 leaves an incomplete last batch (4 pairs) to drop."""
-    from priorclip.data.synthetic import generate_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("tiny_data")
-    generate_synthetic_dataset(root, n_per_class=6, image_size=64, seed=0, classes=["airport", "farmland", "beach"])
-    return root
-
-
-@pytest.fixture(scope="module")
-def finished(subject, tiny_data, tmp_path_factory):
+def finished(subject, tiny_ucm, tmp_path_factory):
     out = tmp_path_factory.mktemp("subject")
-    result = subject.run_open_clip_train(tiny_data, out, {**TINY, "architecture": "open-baseline"}, seed=0, epochs=2,
+    result = subject.run_open_clip_train(tiny_ucm, out, {**TINY, "architecture": "open-baseline"}, seed=0, epochs=2,
                                          batch_size=BATCH, lr=1e-3, warmup=2, workers=0)
     return out, result
 
 
-def test_trains_scores_every_epoch_and_writes_result(finished, tiny_data):
+def test_trains_scores_every_epoch_and_writes_result(finished, tiny_ucm):
     from priorclip.data.karpathy import KarpathyCaptions
 
     out, result = finished
     assert json.loads((out / "result.json").read_text()) == json.loads(json.dumps(result))
-    train = KarpathyCaptions(tiny_data / "dataset.json", split="train")
+    train = KarpathyCaptions(tiny_ucm / "dataset.json", split="train")
     rows = (out / "train.tsv").read_text().splitlines()
     assert rows[0] == "filepath\ttitle" and len(rows) - 1 == train.num_captions == result["rows"] == 60
     assert all(Path(r.split("\t")[0]).is_absolute() for r in rows[1:])
@@ -76,31 +62,31 @@ def test_params_match_open_clip_model(finished):
     assert finished[1]["params_trainable"] == sum(p.numel() for p in model.parameters())
 
 
-def test_second_call_returns_cached_result_without_training(subject, finished, tiny_data, monkeypatch):
+def test_second_call_returns_cached_result_without_training(subject, finished, tiny_ucm, monkeypatch):
     out, result = finished
     log = out / "open_clip_train.log"
     before = log.stat().st_mtime_ns
     monkeypatch.setattr(subject.subprocess, "run", lambda *a, **k: pytest.fail("trainer started again"))
-    again = subject.run_open_clip_train(tiny_data, out, {**TINY, "architecture": "open-baseline"}, seed=0, epochs=2,
+    again = subject.run_open_clip_train(tiny_ucm, out, {**TINY, "architecture": "open-baseline"}, seed=0, epochs=2,
                                         batch_size=BATCH, lr=1e-3, warmup=2, workers=0)
     assert again == json.loads(json.dumps(result)) and log.stat().st_mtime_ns == before
     with pytest.raises(subject.ConfigError, match="other settings.*epochs"):
-        subject.run_open_clip_train(tiny_data, out, TINY, seed=0, epochs=3, batch_size=BATCH, lr=1e-3, warmup=2,
+        subject.run_open_clip_train(tiny_ucm, out, TINY, seed=0, epochs=3, batch_size=BATCH, lr=1e-3, warmup=2,
                                     workers=0)
 
 
-def test_failing_trainer_names_its_log(subject, tiny_data, tmp_path):
+def test_failing_trainer_names_its_log(subject, tiny_ucm, tmp_path):
     # a negative learning rate passes our checks; torch's AdamW in the trainer rejects it
     with pytest.raises(subject.SubjectError) as err:
-        subject.run_open_clip_train(tiny_data, tmp_path, TINY, seed=0, epochs=1, batch_size=BATCH, lr=-1.0,
+        subject.run_open_clip_train(tiny_ucm, tmp_path, TINY, seed=0, epochs=1, batch_size=BATCH, lr=-1.0,
                                     warmup=2, workers=0)
     log = tmp_path / "open_clip_train.log"
     assert str(log) in str(err.value) and "Invalid learning rate" in str(err.value)
     assert not (tmp_path / "result.json").exists()
 
 
-def test_config_our_model_cannot_score_is_refused_before_training(subject, tiny_data, tmp_path):
+def test_config_our_model_cannot_score_is_refused_before_training(subject, tiny_ucm, tmp_path):
     with pytest.raises(subject.ConfigError, match="custom_text"):
-        subject.run_open_clip_train(tiny_data, tmp_path, {**TINY, "custom_text": True}, seed=0, epochs=1,
+        subject.run_open_clip_train(tiny_ucm, tmp_path, {**TINY, "custom_text": True}, seed=0, epochs=1,
                                     batch_size=BATCH, lr=1e-3, warmup=2, workers=0)
     assert not (tmp_path / "open_clip_train.log").exists()

@@ -2,31 +2,18 @@
 stage chains, equal pairs, the report, resuming, and the README table's guard."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ucm_from_scratch" / "run.py"
+from scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("priorclip_ucm_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def tiny_ucm(tmp_path_factory) -> Path:
-    from priorclip.data.synthetic import generate_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("tiny_ucm")
-    generate_synthetic_dataset(root, n_per_class=6, image_size=64, seed=0, classes=["airport", "farmland", "beach"])
-    return root
+    return load_script("benchmarks/ucm_from_scratch/run.py", "priorclip_ucm_bench")
 
 
 @pytest.mark.slow

@@ -2,19 +2,17 @@
 model, concurrent clients; every request must get its expected status and oversize uploads 413."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
+
+from scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "load_test.py"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("priorclip_load_test", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/load_test.py", "priorclip_load_test")
 
 
 def test_load_script_tiny_run(tmp_path):

@@ -2,7 +2,6 @@
 and the cache figure's FLOP bookkeeping (the caches remove exactly the text and prior forwards)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import pytest
 
 from training_helpers import TINY_BASELINE, TINY_CLOSED
 
+from scripts import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_speed.py"
 TINY_OPEN = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "head_width": 16,
                                              "prior_layers": [1, 1, 1, 1], "prior_width": 16},
@@ -20,10 +21,7 @@ TINY_OPEN = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "wid
 
 @pytest.fixture(scope="module")
 def ts():
-    spec = importlib.util.spec_from_file_location("priorclip_train_speed", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/train_speed.py", "priorclip_train_speed")
 
 
 @pytest.fixture(scope="module")

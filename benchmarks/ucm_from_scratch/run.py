@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tiny", action="store_true", help="tiny models (the script's own test), not a benchmark")
     ap.add_argument("--readme", action="store_true", help="also replace the README's UCM table")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: report the finished runs in --out (a partial report names the rest)")
     ap.add_argument("--results-md", default=None, help="RESULTS.md to update ('' : JSON only)")
     ap.add_argument("--json", default="results_ucm.json", help="file name under benchmarks/ for the figures")
     args = ap.parse_args(argv)
@@ -213,6 +215,17 @@ def train_flops_per_pair(args, key: str, batch: int = 4) -> float:
     return total / sum(epochs[st["epochs"]] for st in first) / batch
 
 
+def finished(args, seed: int, key: str) -> bool:
+    """Whether the subject's run of `seed` is complete in --out (read back, not trained, by run_subject)."""
+    spec, base = SUBJECTS[key], Path(args.out) / str(seed) / key
+    if spec.get("trainer") == "open_clip_train":
+        return (base / "result.json").is_file()
+    last = base if len(spec["chain"]) == 1 else base / f"stage{len(spec['chain'])}"
+    if args.stage2_epochs == 0 and len(spec["chain"]) > 1:
+        last = base / "stage1"
+    return (last / "test_best.json").is_file()
+
+
 def run_subject(args, seed: int, key: str) -> dict:
     spec = SUBJECTS[key]
     t0 = time.perf_counter()
@@ -347,6 +360,8 @@ def main(argv=None) -> None:
     for seed in args.seeds if args.seeds else []:
         for key in args.subjects:
             if SUBJECTS[key]["group"] != "main" and seed not in args.ablation_seeds:
+                continue
+            if args.report_only and not finished(args, seed, key):
                 continue
             print(f"== seed {seed}: {SUBJECTS[key]['name']}", flush=True)
             res = run_subject(args, seed, key)

@@ -48,6 +48,12 @@ def test_subject_chains_equal_pairs_report_and_resume(bench, tiny_ucm, tmp_path)
     # a report without every subject says which runs it lacks, first
     assert md.split("<!-- written by")[1].split("\n")[2].startswith("**Partial run**")
     assert "open_clip_train seed 0" in md and "closed_soft seed 0" in md and "clip seed 0," not in md
+    # --report-only trains nothing: a subject not in --out is left out (and named as missing)
+    bench.main(argv[:-6] + ["clip_attribution", "priorclip_open", "--results-md", str(tmp_path / "RESULTS.md"),
+                            "--json", str(results), "--report-only"])
+    assert set(json.loads(results.read_text())["results"]) == {"priorclip_open"}
+    assert not (out / "0" / "clip_attribution").exists()
+    assert "clip_attribution seed 0" in (tmp_path / "RESULTS.md").read_text()
 
 
 def test_readme_block_is_replaced_between_markers(bench, tmp_path):

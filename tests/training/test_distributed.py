@@ -7,10 +7,11 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from training_helpers import base_recipe, read_log, write_recipe
+from training_helpers import TINY_OPEN, base_recipe, read_log, write_recipe
 
 
 def _free_port() -> int:
@@ -82,3 +83,30 @@ def test_every_rank_uses_rank_zeros_vocabulary(tiny_dataset, tmp_path):
     assert v0 == v1 and "airport" in v0 and "quokka" not in v1
     assert (tmp_path / "rank0" / "vocab.txt").read_text().splitlines() == v0
     assert not (tmp_path / "rank1" / "vocab.txt").exists()  # only rank 0 writes the run's files
+
+
+def test_two_process_finetune_with_attribution_loss(tiny_dataset, tmp_path):
+    """Open-domain stage 2 under DDP (gloo, 2 processes) trains with contrastive + Attribution loss
+    (class centres per process: affiliation_centres local, the released behaviour)."""
+    from priorclip.training.loop import train
+    from priorclip.training.recipe import recipe_from_dict
+
+
+    data = {"path": str(tiny_dataset), "labels": "prefix", "augment": False, "test_split": None}
+    pre = train(recipe_from_dict(base_recipe(tiny_dataset, stage="pretrain", model="priorclip-open-small",
+                                             model_overrides=TINY_OPEN, epochs=1, data={**data, "labels": "none"})),
+                out_dir=tmp_path / "pre")
+    cfg = write_recipe(tmp_path / "ft.yaml", base_recipe(tiny_dataset, stage="finetune", epochs=1, batch_size=4,
+                                                         device="cpu", data=data, affiliation_centres="local",
+                                                         init_checkpoint=str(pre / "checkpoints" / "last")))
+    run, port, procs = tmp_path / "ddp-ft", _free_port(), []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "priorclip.cli.main", "train", str(cfg), "--out", str(run)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outs = [p.communicate(timeout=150)[0].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    steps = [r for r in read_log(run) if r["event"] == "train"]
+    assert steps and all(r["loss_affiliation"] > 0 for r in steps)
+    assert all(r["loss_total"] == pytest.approx(r["loss_contrastive"] + r["loss_affiliation"], rel=1e-5) for r in steps)

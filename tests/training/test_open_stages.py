@@ -8,11 +8,8 @@ from safetensors.torch import load_file
 from priorclip.training.loop import Trainer, train
 from priorclip.training.recipe import recipe_from_dict
 
-from training_helpers import base_recipe, read_log
+from training_helpers import TINY_OPEN, base_recipe, read_log
 
-TINY_OPEN = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
-                                             "prior_layers": [1, 1, 1, 1], "prior_width": 8},
-             "text_cfg": {"width": 32, "heads": 2, "layers": 1}}
 
 
 def test_pretrain_then_finetune_freezes_prior_and_text(tiny_dataset, tmp_path):

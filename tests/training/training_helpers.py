@@ -11,6 +11,10 @@ TINY_VISION = {"image_size": 64, "backbone_kwargs": {"embed_dim": 16, "depths": 
 TINY_TEXT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 TINY_CLOSED = {"embed_dim": 32, "vision_cfg": TINY_VISION, "text_cfg": TINY_TEXT, "pae_cfg": {"filter_size": 4, "heads": 4}}
 TINY_BASELINE = {"embed_dim": 32, "vision_cfg": TINY_VISION, "text_cfg": TINY_TEXT}
+# Shrunk open-domain PriorCLIP: 32 px ViT of one layer, ModifiedResNet prior of width 8.
+TINY_OPEN = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
+                                             "prior_layers": [1, 1, 1, 1], "prior_width": 8},
+             "text_cfg": {"width": 32, "heads": 2, "layers": 1}}
 
 
 def base_recipe(data_dir: Path, **kw) -> dict:

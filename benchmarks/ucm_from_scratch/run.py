@@ -11,8 +11,9 @@ section "## UCM-captions from scratch" of benchmarks/RESULTS.md; `--readme` also
 README's table (between its `ucm-table` markers). A report that lacks some of the benchmark's runs
 (main rows x `--seeds`, ablations x `--ablation-seeds`) says so, and which, in its first line.
 
-    .venv/bin/pip install -e '.[bench]'          # pandas, for open_clip_train
     .venv/bin/python benchmarks/ucm_from_scratch/run.py [--seeds 0 1 2] [--subjects ...] [--readme]
+
+open_clip_train needs pandas: in the pinned environment (scripts/setup.sh); elsewhere the `bench` extra.
 
 Resumable: each run lives in `--out/SEED/SUBJECT[/stageN]` (priors in `--out/SEED/prior-KIND`) and a
 finished one is read back, not trained again, so the benchmark can be run in pieces (`--subjects`,
@@ -62,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tiny", action="store_true", help="tiny models (the script's own test), not a benchmark")
     ap.add_argument("--readme", action="store_true", help="also replace the README's UCM table")
+    ap.add_argument("--note", default="", help="a sentence printed under the table (e.g. how loaded the machine was)")
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: report the finished runs in --out (a partial report names the rest)")
     ap.add_argument("--results-md", default=None, help="RESULTS.md to update ('' : JSON only)")
@@ -307,6 +309,8 @@ def markdown(args, results, summary) -> tuple[str, str]:
             if pairs:
                 lines.append(f"- {SUBJECTS[key]['name']}: " + ", ".join(f"seed {sd} {d:+.2f}" for sd, d in pairs)
                              + f"; mean {statistics.fmean(d for _, d in pairs):+.2f}")
+    if args.note:
+        lines += ["", args.note]
     head = len(lines)
     lines += ["", "Full tables (first seed of each subject; `[min–max]` where tied captions allow several answers):", ""]
     first = {key: by_seed[min(by_seed)] for key, by_seed in results.items()}

@@ -50,10 +50,11 @@ def test_subject_chains_equal_pairs_report_and_resume(bench, tiny_ucm, tmp_path)
     assert "open_clip_train seed 0" in md and "closed_soft seed 0" in md and "clip seed 0," not in md
     # --report-only trains nothing: a subject not in --out is left out (and named as missing)
     bench.main(argv[:-6] + ["clip_attribution", "priorclip_open", "--results-md", str(tmp_path / "RESULTS.md"),
-                            "--json", str(results), "--report-only"])
+                            "--json", str(results), "--report-only", "--note", "Timed on a loaded machine."])
     assert set(json.loads(results.read_text())["results"]) == {"priorclip_open"}
     assert not (out / "0" / "clip_attribution").exists()
-    assert "clip_attribution seed 0" in (tmp_path / "RESULTS.md").read_text()
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "clip_attribution seed 0" in md and "\nTimed on a loaded machine.\n" in md
 
 
 def test_readme_block_is_replaced_between_markers(bench, tmp_path):

@@ -84,13 +84,17 @@ def request_text(request: BandRequest | None) -> str | None:
     return None if request is None else ",".join(str(b) for b in request)
 
 
+def _band_facts(ds) -> tuple[int, list, list, list]:
+    """(band count, descriptions, colour interpretations, Sentinel-2 codes) of a dataset."""
+    count = ds.count
+    descriptions = list(ds.descriptions or (None,) * count)
+    return count, descriptions, _colorinterp(ds), _sentinel2_codes(descriptions, count)
+
+
 def band_labels(ds) -> list[set[str]]:
     """For each band, the lower-case names it answers to: its description, its colour
     interpretation when informative, Sentinel-2 codes (B4 for B04) and their colours."""
-    count = ds.count
-    descriptions = list(ds.descriptions or (None,) * count)
-    interps = _colorinterp(ds)
-    s2 = _sentinel2_codes(descriptions, count)
+    count, descriptions, interps, s2 = _band_facts(ds)
     labels = []
     for i in range(count):
         names = set()
@@ -201,10 +205,7 @@ def _sentinel2_codes(descriptions: list[str | None], count: int) -> list[str | N
 def _display_names(ds) -> list[str | None]:
     """A band's name as the file gives it: description, else an informative colour
     interpretation, else a recognised Sentinel-2 code; None when the file names none."""
-    count = ds.count
-    descriptions = list(ds.descriptions or (None,) * count)
-    interps = _colorinterp(ds)
-    s2 = _sentinel2_codes(descriptions, count)
+    count, descriptions, interps, s2 = _band_facts(ds)
     out = []
     for i in range(count):
         if descriptions[i]:

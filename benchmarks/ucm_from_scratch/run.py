@@ -113,23 +113,29 @@ def _fresh(run: Path) -> None:
         shutil.rmtree(run)
 
 
+def stage_epochs(args, stage: dict) -> int:
+    """Epochs of one stage of a chain: all of --epochs, or its stage-1 / stage-2 share."""
+    return {"all": args.epochs, "stage1": args.epochs - args.stage2_epochs, "stage2": args.stage2_epochs}[stage["epochs"]]
+
+
+def chain_runs(args, seed: int, key: str) -> list[tuple[dict, Path, int]]:
+    """(stage, run directory, epochs) of each stage a subject trains (a stage of 0 epochs is left out)."""
+    chain, base = SUBJECTS[key]["chain"], Path(args.out) / str(seed) / key
+    runs = [(st, base if len(chain) == 1 else base / f"stage{i + 1}", stage_epochs(args, st))
+            for i, st in enumerate(chain)]
+    return [r for r in runs if r[2]]
+
+
 def run_chain(args, seed: int, key: str, spec: dict) -> dict:
     """Our trainer through the subject's stages; the last stage's val-selected checkpoint is the result."""
     from priorclip.training import train
     from priorclip.training.recipe import recipe_from_dict
 
-    base = Path(args.out) / str(seed) / key
-    chain = spec["chain"]
     prior = None
     if spec.get("prior"):
         prior = train_prior(args, seed, spec["prior"]) if spec.get("trained_prior", True) else None
-    epochs = {"all": args.epochs, "stage1": args.epochs - args.stage2_epochs, "stage2": args.stage2_epochs}
     stages, init = [], None
-    for i, st in enumerate(chain):
-        run = base if len(chain) == 1 else base / f"stage{i + 1}"
-        n_epochs = epochs[st["epochs"]]
-        if n_epochs == 0:  # --stage2-epochs 0
-            continue
+    for st, run, n_epochs in chain_runs(args, seed, key):
         if not (run / "test_best.json").is_file():
             recipe = {**_common(args, seed), "stage": st["stage"], "epochs": n_epochs,
                       "affiliation_weight": st["affiliation"]}
@@ -211,21 +217,16 @@ def train_flops_per_pair(args, key: str, batch: int = 4) -> float:
             txt = torch.nn.functional.normalize(torch.randn(batch, img.shape[1]), dim=-1)
         (img @ txt.t()).sum().backward()
 
-    epochs = {"all": args.epochs, "stage1": args.epochs - args.stage2_epochs, "stage2": args.stage2_epochs}
-    total = sum(epochs[st["epochs"]] * count_flops(lambda: step(st.get("stage") != "finetune")) for st in first
-                if epochs[st["epochs"]])
-    return total / sum(epochs[st["epochs"]] for st in first) / batch
+    weights = [(st, stage_epochs(args, st)) for st in first]
+    total = sum(n * count_flops(lambda: step(st.get("stage") != "finetune")) for st, n in weights if n)
+    return total / sum(n for _, n in weights) / batch
 
 
 def finished(args, seed: int, key: str) -> bool:
     """Whether the subject's run of `seed` is complete in --out (read back, not trained, by run_subject)."""
-    spec, base = SUBJECTS[key], Path(args.out) / str(seed) / key
-    if spec.get("trainer") == "open_clip_train":
-        return (base / "result.json").is_file()
-    last = base if len(spec["chain"]) == 1 else base / f"stage{len(spec['chain'])}"
-    if args.stage2_epochs == 0 and len(spec["chain"]) > 1:
-        last = base / "stage1"
-    return (last / "test_best.json").is_file()
+    if SUBJECTS[key].get("trainer") == "open_clip_train":
+        return (Path(args.out) / str(seed) / key / "result.json").is_file()
+    return (chain_runs(args, seed, key)[-1][1] / "test_best.json").is_file()
 
 
 def run_subject(args, seed: int, key: str) -> dict:

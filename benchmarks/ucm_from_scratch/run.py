@@ -91,7 +91,14 @@ def train_prior(args, seed: int, kind: str) -> Path:
     from priorclip.training.recipe import recipe_from_dict
 
     run = Path(args.out) / str(seed) / f"prior-{kind}"
-    if not (run / "test_best.json").is_file():
+    if (run / "test_best.json").is_file():
+        import yaml
+
+        trained = yaml.safe_load((run / "config.yaml").read_text()).get("epochs")
+        if trained != args.prior_epochs:
+            raise SystemExit(f"{run} holds a prior trained for {trained} epochs, not --prior-epochs "
+                             f"{args.prior_epochs}: use another --out, or the same --prior-epochs")
+    else:
         if kind == "open":
             model, overrides = "priorclip-open-small", model_overrides("OPEN", args.tiny)
         else:

@@ -160,3 +160,117 @@ def test_page_search_grid_and_detail_view(server, tmp_path):
                 (Path(keep) / "search_scene.png").write_bytes(scene_shot)
         finally:
             browser.close()
+
+
+def test_map_links_footprints_and_cards(server):
+    """The result map: one footprint per georeferenced hit over its scene's overview, fitted to the
+    hits, nothing requested beyond this origin; a card and its footprint light each other up;
+    photos carry a "no georeference" badge and are counted off the map."""
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    keep = os.environ.get("PRIORCLIP_SCREENSHOT_DIR")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            problems, requests = [], []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+            page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+
+            page.goto(server + "/")
+            expect(page.locator("#summary")).to_contain_text("items", timeout=15000)
+            expect(page.locator("#map-panel")).to_be_hidden()  # nothing to show before a search
+            page.select_option("#k", "50")
+            page.fill("#q", "fields and roads")
+            page.click("#search-button")
+            expect(page.locator("#status")).to_contain_text("results for", timeout=15000)
+            hits = page.evaluate("state.hits")
+            geo = [h for h in hits if h["footprint"]]
+            assert len(hits) == 37 and len(geo) == 6  # the scene's tiles; photos have no footprint
+
+            the_map = page.locator("#map")
+            expect(the_map).to_be_visible()
+            assert the_map.get_attribute("aria-label")
+            polygons = page.locator("#map path.footprint")
+            expect(polygons).to_have_count(len(geo))
+            assert sorted(polygons.evaluate_all("ps => ps.map(p => p.dataset.id)")) == sorted(str(h["id"]) for h in geo)
+            expect(page.locator("#map-note")).to_have_text(
+                "6 footprints over 1 scene; 31 results without georeference not on the map")
+
+            # the scene overview is fetched from this origin and lies under the footprints,
+            # which tile the whole scene: their union is the overview's box
+            overview = page.locator("#map img.scene-overview")
+            expect(overview).to_have_count(1)
+            _wait_true(page, "document.querySelector('#map img.scene-overview').naturalWidth > 0")
+            assert f"{server}/api/scenes/{geo[0]['scene_id']}/overview" in requests
+            boxes = [b for b in (poly.bounding_box() for poly in polygons.all())]
+            union = (min(b["x"] for b in boxes), min(b["y"] for b in boxes),
+                     max(b["x"] + b["width"] for b in boxes), max(b["y"] + b["height"] for b in boxes))
+            ob = overview.bounding_box()
+            assert (ob["x"], ob["y"], ob["x"] + ob["width"], ob["y"] + ob["height"]) == pytest.approx(union, abs=3)
+            mb = the_map.bounding_box()  # fitted: every footprint inside the map
+            assert mb["x"] <= union[0] and union[2] <= mb["x"] + mb["width"]
+            assert mb["y"] <= union[1] and union[3] <= mb["y"] + mb["height"]
+            shot = the_map.screenshot()
+            assert _not_blank(shot) > 10
+
+            # photos: badge on the card, none on the scene's tiles
+            expect(page.locator(".card .no-geo")).to_have_count(31)
+            for h in geo:
+                assert page.locator(f'.card[data-id="{h["id"]}"] .no-geo').count() == 0
+
+            # card -> footprint, by mouse and by keyboard focus. The top-left tile's centre is
+            # covered by no other tile, so hovering the polygon there reaches that polygon.
+            target = next(h for h in geo if h["window"][:2] == [0, 0])
+            card = page.locator(f'.card[data-id="{target["id"]}"]')
+            poly = page.locator(f'#map path.footprint[data-id="{target["id"]}"]')
+            lit = re.compile(r"\bhighlight\b")
+            card.hover()
+            expect(poly).to_have_class(lit)
+            expect(page.locator("#map path.footprint.highlight")).to_have_count(1)
+            page.mouse.move(1, 1)
+            expect(poly).not_to_have_class(lit)
+            card.focus()
+            expect(poly).to_have_class(lit)
+            card.blur()
+            expect(poly).not_to_have_class(lit)
+
+            # footprint -> card: hovering lights the card, a click brings it into view with focus
+            page.evaluate("window.scrollTo(0, 0)")
+            poly.hover()
+            expect(card).to_have_class(re.compile(r"\blinked\b"))
+            linked_shot = page.screenshot(full_page=True)
+            page.mouse.move(1, 1)
+            expect(card).not_to_have_class(re.compile(r"\blinked\b"))
+            poly.click()
+            expect(card).to_be_in_viewport()
+            expect(card).to_be_focused()
+
+            # the map follows the result list: only photos -> no map, a message instead
+            page.evaluate("renderResults({count: 31, results: state.hits.filter(h => !h.footprint)}, 'photos')")
+            expect(the_map).to_be_hidden()
+            expect(page.locator("#map-note")).to_have_text("none of the 31 results has a georeference: nothing to map")
+            # ... and a new search draws its own footprints
+            page.select_option("#k", "10")
+            page.click("#search-button")
+            expect(page.locator("#status")).to_contain_text("10 results for", timeout=15000)
+            now = [h for h in page.evaluate("state.hits") if h["footprint"]]
+            if now:
+                expect(polygons).to_have_count(len(now))
+            else:
+                expect(the_map).to_be_hidden()
+
+            assert not problems, problems
+            outside = [u for u in requests if not u.startswith(server + "/") and not u.startswith("data:")]
+            assert not outside, f"page requested other origins: {outside}"
+            if keep:
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                (Path(keep) / "search_map.png").write_bytes(shot)
+                (Path(keep) / "search_map_linked.png").write_bytes(linked_shot)
+        finally:
+            browser.close()

@@ -134,6 +134,29 @@ def test_index_scene_search_tile_and_geojson(tmp_path, stub_encoder, ucm_dir):
     assert size == (600, 400) and data[:2] == b"\xff\xd8"
 
 
+def test_scene_record_has_its_lonlat_box_for_the_map(tmp_path, stub_encoder):
+    """The page's map lays a scene's overview over `scene()["bounds"]`: the whole scene's lon/lat
+    box, holding every tile footprint; a scene without georeference has none."""
+    root = tmp_path / "archive"
+    root.mkdir()
+    make_geotiff(root / "geo.tif", 600, 400)
+    make_geotiff(root / "plain.tif", 600, 300, count=1, dtype="uint8", crs=None)
+    _index(root, tmp_path / "idx", stub_encoder)
+    idx = SearchIndex(tmp_path / "idx", encoder=stub_encoder)
+    hits = idx.search_text("fields", k=20)
+    scenes = {s["name"]: s for s in map(idx.scene, {h["scene_id"] for h in hits})}
+    whole = transform_bounds("EPSG:32633", "EPSG:4326", 500000, 4500000 - 400 * 10, 500000 + 600 * 10, 4500000,
+                             densify_pts=21)
+    west, south, east, north = scenes["geo.tif"]["bounds"]
+    assert [west, south, east, north] == pytest.approx(list(whole), abs=1e-7)
+    eps = 1e-8  # footprints are stored rounded to 1e-9 degrees
+    for h in hits:
+        if h["footprint"]:
+            assert all(west - eps <= lon <= east + eps and south - eps <= lat <= north + eps
+                       for lon, lat in h["footprint"])
+    assert scenes["plain.tif"]["bounds"] is None
+
+
 # ---- band semantics (issue #16.1) ------------------------------------------------------------
 
 # one flat value per band, so a swap shows: blue 30, green 120, red 220, NIR 250

@@ -158,7 +158,7 @@ class SearchIndex:
         return {"scene_id": s["scene_id"], "name": os.path.basename(s["path"]),
                 "path": _relpath(s["path"], self.roots.get(s["root_id"])), "width": s["width"],
                 "height": s["height"], "crs": s["crs"], "bands": s["bands"], "dtype": s["dtype"],
-                **_rgb_fields(s["rgb"]), "tiles": s["tiles"]}
+                **_rgb_fields(s["rgb"]), "tiles": s["tiles"], "bounds": s["bounds"]}
 
     def scene_overview(self, scene_id: int, side: int = OVERVIEW_SIDE) -> tuple[bytes, tuple[int, int]]:
         """Downsampled whole scene as JPEG, plus its (width, height) in pixels; path check and

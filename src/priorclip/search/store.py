@@ -446,7 +446,19 @@ class Store:
                 "stretch": json.loads(r["stretch"]) if r["stretch"] else None,
                 "rgb": json.loads(r["rgb"]) if "rgb" in r.keys() and r["rgb"] else None,
                 "tiles": self.conn.execute("SELECT COUNT(*) FROM items WHERE file_id=? AND state=1",
-                                           (int(file_id),)).fetchone()[0]}
+                                           (int(file_id),)).fetchone()[0],
+                "bounds": self._scene_bounds(file_id)}
+
+    def _scene_bounds(self, file_id: int) -> list[float] | None:
+        """Lon/lat box (west, south, east, north) of a whole scene, for placing its overview on a
+        map: the union of its tiles' stored boxes, which cover the scene (the last tile of a row or
+        column ends at its edge), failed and nodata tiles included. None if not georeferenced."""
+        rows = self.conn.execute("SELECT bounds FROM items WHERE file_id=? AND bounds IS NOT NULL",
+                                 (int(file_id),)).fetchall()
+        if not rows:
+            return None
+        boxes = np.array([json.loads(r[0]) for r in rows], dtype=np.float64)
+        return [*map(float, boxes[:, :2].min(0)), *map(float, boxes[:, 2:].max(0))]
 
 
 def _item_dict(r: sqlite3.Row) -> dict:

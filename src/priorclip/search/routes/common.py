@@ -120,6 +120,7 @@ class Scene(_Open):
     crs: str | None = None
     bands: int
     tiles: int
+    bounds: list[float] | None = Field(None, description="lon/lat box of the whole scene: west, south, east, north")
     overview: str
 
 

@@ -50,6 +50,10 @@ function describeBands(hit) {
   return `${parts.join(", ")} (${hit.rgb_bands_from})`;
 }
 
+function cardOf(id) {
+  return Array.from(document.querySelectorAll(".card")).find((c) => c.dataset.id === String(id)) || null;
+}
+
 function renderResults(data, label) {
   state.hits = data.results;
   const grid = $("results");
@@ -63,9 +67,25 @@ function renderResults(data, label) {
     if (valid) meta.append(el("span", { class: "valid", title: "share of valid (not nodata) pixels" }, valid));
     meta.append(el("span", { class: "name" }, hit.name));
     card.append(img, meta);
+    if (!ResultMap.isGeoreferenced(hit)) {
+      card.append(el("span", { class: "no-geo", title: "no georeference: not on the map" }, "no georeference"));
+    }
     card.addEventListener("click", () => showDetail(hit));
+    // a card and its footprint light up together, from either side
+    for (const [type, on] of [["mouseenter", true], ["mouseleave", false], ["focus", true], ["blur", false]]) {
+      card.addEventListener(type, () => ResultMap.highlight(hit.id, on));
+    }
     grid.append(card);
   }
+  ResultMap.show(data.results, {
+    onHover: (hit, on) => { const card = cardOf(hit.id); if (card) card.classList.toggle("linked", on); },
+    onPick: (hit) => {
+      const card = cardOf(hit.id);
+      if (!card) return;
+      card.scrollIntoView({ block: "nearest" });
+      card.focus({ preventScroll: true });
+    },
+  });
   setStatus(data.count ? `${data.count} results for ${label}` : `no results for ${label}`);
 }
 

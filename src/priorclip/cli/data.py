@@ -40,7 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("train", nargs="+", metavar="TRAIN", help="training inputs (folder, .txt, .json[:split], .csv, precomp_dir:split)")
     p.add_argument("--against", nargs="+", metavar="TEST", default=None, help="test inputs; omit to search within TRAIN")
     p.add_argument("--images-root", default=None, help="folder holding the images named by caption files")
-    p.add_argument("--threshold", type=int, default=4, help="max phash Hamming distance (of 64 bits) for a near duplicate (default 4)")
+    p.add_argument("--threshold", type=int, default=4,
+                   help="max phash Hamming distance (of 64 bits) for a near duplicate (default 4; 6 finds more "
+                        "cropped and shifted copies and more look-alikes: docs/DATA.md has both measured)")
+    p.add_argument("--no-geometric", dest="geometric", action="store_false",
+                   help="compare whole-image hashes only: blind to crops, shifts and rotations, 3x faster hashing")
     p.add_argument("--out", default=None, help="write the training image paths without duplicates here, one per line")
     p.add_argument("--json", default=None, help="write all pairs and a summary as JSON here")
     p.add_argument("--bad-files", default=None, help="write unreadable files as JSON here")
@@ -63,6 +67,17 @@ def run(args) -> int:
     return _check(args)
 
 
+def _describe_match(match: dict | None) -> str:
+    """How a near pair's second image was aligned to the first: '' when whole images matched."""
+    if not match or (match["rotation"] == 0 and match["crops"] == [1.0, 1.0] and "shift" not in match):
+        return ""
+    parts = [f"rotated {match['rotation']}"] if match["rotation"] else []
+    parts.append(f"crops {match['crops'][0]:.0%} / {match['crops'][1]:.0%}")
+    if "shift" in match:
+        parts.append(f"shifted {match['shift'][0]:+.0%}, {match['shift'][1]:+.0%}")
+    return "  (" + ", ".join(parts) + ")"
+
+
 def _overlap(args) -> int:
     from priorclip.data.images import BadFileReport
     from priorclip.data.overlap import collect_images, find_overlap, hash_images, write_json, write_list
@@ -77,12 +92,14 @@ def _overlap(args) -> int:
         test_items = [it for spec in args.against for it in collect_images(spec, args.images_root)]
     print(f"hashing {len(train_items)} training image(s)" + (f" and {len(test_items)} test image(s)" if test_items else ""),
           file=sys.stderr)
-    train = hash_images(train_items, report, workers=args.workers)
-    test = hash_images(test_items, report, workers=args.workers) if test_items is not None else None
-    res = find_overlap(train, test, args.threshold)
+    train = hash_images(train_items, report, workers=args.workers, progress=True, geometric=args.geometric)
+    test = None
+    if test_items is not None:
+        test = hash_images(test_items, report, workers=args.workers, progress=True, geometric=args.geometric)
+    res = find_overlap(train, test, args.threshold, geometric=args.geometric)
     a, b = ("train", "test") if test is not None else ("first", "second")
     for p in res.pairs[: args.max_print]:
-        print(f"{p['kind']:5s} d={p['distance']:2d}  {p[a]}  {p[b]}")
+        print(f"{p['kind']:5s} d={p['distance']:2d}  {p[a]}  {p[b]}{_describe_match(p.get('match'))}")
     if len(res.pairs) > args.max_print:
         print(f"... and {len(res.pairs) - args.max_print} more pairs (see --json)")
     s = res.summary()

@@ -2,7 +2,13 @@
 
 Exact duplicates share the SHA-256 of their file bytes. Near duplicates (re-encoded, resized,
 slightly recoloured copies) have perceptual hashes (`imagehash.phash`, 64 bits) within a Hamming
-distance `threshold` (default 4 of 64).
+distance `threshold` (default 4 of 64). A phash of the whole image changes completely when a copy
+is cropped by a few percent or rotated, so each image is also hashed as centre crops (90 % and
+80 % of each side) and, on the test side, in its four 90-degree rotations: a pair's distance is
+the smallest over the (train crop, test crop and rotation) combinations, and the pair records
+which one matched. A crop of a few percent (centred or not) or a small shift brings one of the
+crops of one image close to a crop of the other; docs/DATA.md has the recall and false positives
+measured on UCM (benchmarks/leakage/run.py).
 
 Matching is not an all-pairs loop: by the pigeonhole principle two 64-bit hashes within distance t
 agree exactly on at least one of t+1 disjoint bit chunks, so hashes are joined chunk by chunk
@@ -33,6 +39,14 @@ from priorclip.errors import DataError, DatasetNotFoundError
 log = logging.getLogger(__name__)
 
 HASH_MAX_SIDE = 128  # decode size for hashing; phash itself works on 32x32
+CROP_SCALES = (1.0, 0.9, 0.8)  # centre crops hashed per image (share of each side kept)
+ROTATIONS = (0, 90, 180, 270)  # degrees counter-clockwise; the test side is matched in all four
+# The test side is also hashed as windows of SHIFT_SCALE of each side moved by these shares, which
+# meet a copy whose window was shifted or cropped off-centre by a few percent.
+SHIFT_SCALE = 0.8
+SHIFTS = (-0.06, -0.03, 0.0, 0.03, 0.06)
+N_SHIFTED = len(SHIFTS) ** 2 - 1
+N_ROTATED = len(ROTATIONS) * len(CROP_SCALES)
 MAX_MULTI_INDEX_THRESHOLD = 7
 
 
@@ -90,10 +104,42 @@ def collect_images(spec: str | os.PathLike, images_root: str | os.PathLike | Non
 # ---- hashing -----------------------------------------------------------------------------------
 
 
-def _hash_one(path: str) -> tuple[str, int | None, str | None]:
-    """(sha256 hex, phash as int or None, error or None)."""
+def _window_boxes(w: int, h: int) -> list[tuple[int, int, int, int]]:
+    """Crop boxes of `variant_hashes` for an image of w x h: the centre crops, then the shifted
+    windows (SHIFT_SCALE of each side, centre moved by each of SHIFTS in x and y)."""
+    boxes = []
+    for scale in CROP_SCALES:
+        dw, dh = w * (1 - scale) / 2, h * (1 - scale) / 2
+        boxes.append((dw, dh, w - dw, h - dh))
+    dw, dh = w * (1 - SHIFT_SCALE) / 2, h * (1 - SHIFT_SCALE) / 2
+    for sy in SHIFTS:
+        for sx in SHIFTS:
+            if sx or sy:
+                boxes.append((dw + sx * w, dh + sy * h, w - dw + sx * w, h - dh + sy * h))
+    return [tuple(round(v) for v in b) for b in boxes]
+
+
+def variant_hashes(img) -> np.ndarray:
+    """phash of each variant of a PIL image, uint64 [N_VARIANTS]: for each rotation the centre
+    crops (index `r * len(CROP_SCALES) + c`; entry 0 is the plain phash of the whole image), then,
+    unrotated, the shifted windows."""
     import imagehash
 
+    img = img.convert("L")
+    out = []
+    for angle in ROTATIONS:
+        rotated = img.rotate(angle, expand=True) if angle else img
+        boxes = _window_boxes(*rotated.size)
+        for box in boxes[:len(CROP_SCALES)] if angle else boxes:
+            out.append(int(str(imagehash.phash(rotated.crop(box))), 16))
+    order = list(range(len(CROP_SCALES), len(CROP_SCALES) + N_SHIFTED))  # shifted windows go last
+    out = out[:len(CROP_SCALES)] + out[len(CROP_SCALES) + N_SHIFTED:] + [out[k] for k in order]
+    return np.array(out, dtype=np.uint64)
+
+
+def _hash_one(path: str, geometric: bool = True) -> tuple[str, np.ndarray | None, str | None]:
+    """(sha256 hex, variant phashes or None, error or None); without `geometric` only entry 0
+    (the whole image) is computed, the rest left 0 and unused."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -104,7 +150,13 @@ def _hash_one(path: str) -> tuple[str, int | None, str | None]:
     except DataError as exc:
         msg = str(exc)
         return sha, None, msg[len(path) + 2:] if msg.startswith(path + ": ") else msg
-    return sha, int(str(imagehash.phash(img)), 16), None
+    if geometric:
+        return sha, variant_hashes(img), None
+    import imagehash
+
+    whole = np.zeros(N_ROTATED + N_SHIFTED, dtype=np.uint64)
+    whole[0] = int(str(imagehash.phash(img.convert("L"))), 16)
+    return sha, whole, None
 
 
 @dataclass
@@ -112,22 +164,36 @@ class HashedImages:
     names: list[str]
     paths: list[str]
     sha256: list[str]
-    phash: np.ndarray  # uint64 [N]
-    valid: np.ndarray  # bool [N]: phash available
+    variants: np.ndarray  # uint64 [N, V]: `variant_hashes` of each image
+    valid: np.ndarray  # bool [N]: hashes available
+    geometric: bool = True  # False: only the whole-image hash (variants[:, 0]) was computed
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def phash(self) -> np.ndarray:
+        """The plain phash of each whole image (uint64 [N])."""
+        return self.variants[:, 0]
 
-def hash_images(items: Sequence[tuple[str, str]], report: BadFileReport | None = None, workers: int = 1) -> HashedImages:
-    """SHA-256 and phash of every image; unreadable images are reported and excluded from near matching."""
+
+def hash_images(items: Sequence[tuple[str, str]], report: BadFileReport | None = None, workers: int = 1,
+                 progress: bool = False, geometric: bool = True) -> HashedImages:
+    """SHA-256 and variant phashes of every image (`geometric=False`: the whole-image phash only);
+    unreadable images are reported and excluded from near matching."""
+    from functools import partial
+
+    from tqdm import tqdm
+
     paths = [p for _, p in items]
+    one = partial(_hash_one, geometric=geometric)
+    bar = dict(total=len(paths), desc="hashing", unit="img", disable=not progress, leave=False)
     if workers > 1 and len(paths) > 64:
         with ProcessPoolExecutor(workers) as ex:
-            results = list(ex.map(_hash_one, paths, chunksize=32))
+            results = list(tqdm(ex.map(one, paths, chunksize=32), **bar))
     else:
-        results = [_hash_one(p) for p in paths]
-    ph = np.zeros(len(paths), dtype=np.uint64)
+        results = [one(p) for p in tqdm(paths, **bar)]
+    ph = np.zeros((len(paths), N_ROTATED + N_SHIFTED), dtype=np.uint64)
     valid = np.zeros(len(paths), dtype=bool)
     shas = []
     for k, (sha, h, err) in enumerate(results):
@@ -138,7 +204,7 @@ def hash_images(items: Sequence[tuple[str, str]], report: BadFileReport | None =
             report.add(paths[k], err)
         else:
             log.warning("cannot hash %s: %s", paths[k], err)
-    return HashedImages([n for n, _ in items], paths, shas, ph, valid)
+    return HashedImages([n for n, _ in items], paths, shas, ph, valid, geometric)
 
 
 # ---- matching ----------------------------------------------------------------------------------
@@ -242,20 +308,48 @@ class OverlapResult:
         return {"summary": self.summary(), "pairs": self.pairs}
 
 
-def find_overlap(train: HashedImages, test: HashedImages | None = None, threshold: int = 4) -> OverlapResult:
+def _near_variant_pairs(train: HashedImages, other: HashedImages, threshold: int, self_mode: bool,
+                        geometric: bool) -> dict[tuple[int, int], tuple[int, dict]]:
+    """{(i, j): (distance, match)} of near pairs, the distance being the smallest over the train
+    image's centre crops against the other image's crops (and, `geometric`, its rotations)."""
+    n_crop = len(CROP_SCALES)
+    ia, ib = np.nonzero(train.valid)[0], np.nonzero(other.valid)[0]
+    a = train.variants[ia][:, :n_crop] if geometric else train.variants[ia][:, :1]
+    b = other.variants[ib] if geometric else other.variants[ib][:, :1]
+    raw = near_pairs(a.reshape(-1), b.reshape(-1), threshold)
+    best: dict[tuple[int, int], tuple[int, dict]] = {}
+    for fa, fb, d in raw:
+        i, u = int(ia[fa // a.shape[1]]), int(fa % a.shape[1])
+        j, v = int(ib[fb // b.shape[1]]), int(fb % b.shape[1])
+        if v < N_ROTATED:
+            rotation, crops, shift = ROTATIONS[v // n_crop], [CROP_SCALES[u], CROP_SCALES[v % n_crop]], None
+        else:
+            rotation, crops = 0, [CROP_SCALES[u], SHIFT_SCALE]
+            shift = [(sx, sy) for sy in SHIFTS for sx in SHIFTS if sx or sy][v - N_ROTATED]
+        if self_mode:
+            if i == j:
+                continue
+            if i > j:  # one entry per unordered pair, described from the first image's side
+                i, j, rotation, crops = j, i, (360 - rotation) % 360, crops[::-1]
+                shift = None if shift is None else (-shift[0], -shift[1])
+        if (i, j) not in best or d < best[(i, j)][0]:
+            match = {"rotation": rotation, "crops": crops}
+            if shift is not None:
+                match["shift"] = list(shift)
+            best[(i, j)] = (int(d), match)
+    return best
+
+
+def find_overlap(train: HashedImages, test: HashedImages | None = None, threshold: int = 4,
+                 geometric: bool = True) -> OverlapResult:
     """Exact (same bytes) and near (phash distance <= threshold) pairs between train and test,
-    or within train when `test` is None."""
+    or within train when `test` is None. `geometric=False` compares whole-image hashes only
+    (blind to crops and rotations, a little faster)."""
     self_mode = test is None
     other = train if self_mode else test
-    found: dict[tuple[int, int], tuple[int, str]] = {}
-    # near duplicates on decodable images
-    ia, ib = np.nonzero(train.valid)[0], np.nonzero(other.valid)[0]
-    if self_mode:
-        raw = near_pairs(train.phash[ia], None, threshold)
-    else:
-        raw = near_pairs(train.phash[ia], other.phash[ib], threshold)
-    for i, j, d in raw:
-        found[(int(ia[i]), int((ia if self_mode else ib)[j]))] = (int(d), "near")
+    geometric = geometric and train.geometric and other.geometric  # variants exist only if hashed
+    found = {k: (d, "near", m) for k, (d, m) in
+             _near_variant_pairs(train, other, threshold, self_mode, geometric).items()}
     # exact duplicates by content hash (also catches files that failed to decode)
     by_sha: dict[str, list[int]] = {}
     for k, s in enumerate(other.sha256):
@@ -265,15 +359,17 @@ def find_overlap(train: HashedImages, test: HashedImages | None = None, threshol
         for j in by_sha.get(s, []) if s else []:
             if self_mode and j <= i:
                 continue
-            found[(i, j)] = (0, "exact")
+            found[(i, j)] = (0, "exact", None)
     res = OverlapResult(train, test, threshold)
-    for (i, j), (d, kind) in sorted(found.items()):
+    for (i, j), (d, kind, match) in sorted(found.items()):
         if self_mode:
-            res.pairs.append({"first": train.paths[i], "second": train.paths[j], "first_index": i,
-                              "second_index": j, "distance": d, "kind": kind})
+            pair = {"first": train.paths[i], "second": train.paths[j], "first_index": i, "second_index": j}
         else:
-            res.pairs.append({"train": train.paths[i], "test": other.paths[j], "train_index": i,
-                              "test_index": j, "distance": d, "kind": kind})
+            pair = {"train": train.paths[i], "test": other.paths[j], "train_index": i, "test_index": j}
+        pair.update(distance=d, kind=kind)
+        if match is not None:
+            pair["match"] = match  # which rotation of the second image and which crops met
+        res.pairs.append(pair)
     return res
 
 

@@ -274,3 +274,52 @@ def test_map_links_footprints_and_cards(server):
                 (Path(keep) / "search_map_linked.png").write_bytes(linked_shot)
         finally:
             browser.close()
+
+
+def test_search_this_map_view_restricts_hits_to_the_visible_area(server):
+    """Zoom into part of the scene, press "Search this map view": the same text search comes back
+    with only hits whose footprint meets the visible box (drawn dashed), photos left out; the
+    area chip clears it."""
+    import shapely
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            problems, searches = [], []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("request", lambda r: searches.append(r.url) if "/api/search?" in r.url else None)
+            page.goto(server + "/")
+            expect(page.locator("#summary")).to_contain_text("items", timeout=15000)
+            page.select_option("#k", "50")
+            page.fill("#q", "fields and roads")
+            page.click("#search-button")
+            expect(page.locator("#status")).to_contain_text("37 results for", timeout=15000)
+            expect(page.locator("#area")).to_be_hidden()
+            geo = [h for h in page.evaluate("state.hits") if h["footprint"]]
+            corner = next(h for h in geo if h["window"][:2] == [0, 0])
+            # zoom in on the scene's top-left corner: the view then holds only part of the scene
+            poly = page.locator(f'#map path.footprint[data-id="{corner["id"]}"]').bounding_box()
+            page.mouse.move(poly["x"] + 4, poly["y"] + 4)
+            for _ in range(3):  # the wheel zooms about the pointer
+                page.mouse.wheel(0, -300)
+                page.wait_for_timeout(400)
+            page.click("#search-view")
+            expect(page.locator("#status")).to_contain_text("in the map area", timeout=15000)
+            box = [float(v) for v in page.evaluate("state.bbox").split(",")]
+            assert "bbox=" in searches[-1]
+            hits = page.evaluate("state.hits")
+            area = shapely.box(*box)
+            inside = [h["id"] for h in geo if shapely.intersects(shapely.Polygon(h["footprint"]), area)]
+            assert 0 < len(hits) < len(geo) and sorted(h["id"] for h in hits) == sorted(inside)
+            expect(page.locator("#map path.search-area")).to_have_count(1)
+            expect(page.locator("#area")).to_be_visible()
+            page.click("#area-clear")
+            expect(page.locator("#status")).to_contain_text("37 results for", timeout=15000)
+            assert "bbox=" not in searches[-1]
+            expect(page.locator("#area")).to_be_hidden()
+            assert not problems, problems
+        finally:
+            browser.close()

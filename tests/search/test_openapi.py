@@ -36,6 +36,7 @@ def api_schema(tmp_path_factory):
 
 load_all_checks()
 ALL_CHECKS = CHECKS.get_all()  # `--checks all`
+WITHOUT_POSITIVE = [c for c in ALL_CHECKS if c is not positive_data_acceptance]
 
 
 # schemathesis.pytest.from_fixture reads a pytest-internal attribute pytest 9 removed, so the
@@ -51,15 +52,17 @@ def test_every_route_does_what_its_schema_says(api_schema, mode):
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def check(case):
-            if operation.path == "/api/search/image":
+            response = case.call()
+            checks = ALL_CHECKS
+            if operation.path == "/api/search/image" and response.status_code == 400:
                 # A body the schema accepts (any bytes) need not be a decodable image: that part
                 # of "valid" no schema can state, so it is held to "400 with a JSON reason".
-                response = case.call()
-                case.validate_response(response, checks=[c for c in ALL_CHECKS if c is not positive_data_acceptance])
-                assert response.status_code in (200, 400, 413, 422), response.text
-                assert "detail" in response.json() or response.status_code == 200
-            else:
-                case.call_and_validate(checks=ALL_CHECKS)
+                checks = WITHOUT_POSITIVE
+            if response.status_code == 400 and "minlat <= maxlat" in response.text:
+                checks = WITHOUT_POSITIVE  # a box upside down: no schema compares two of its numbers
+            case.validate_response(response, checks=checks)
+            if checks is WITHOUT_POSITIVE:
+                assert response.json()["detail"], response.text
         check()
 
 

@@ -10,6 +10,7 @@ examples:
   priorclip search idx/ "many planes parked near the terminal" -k 20
   priorclip search idx/ --image query.jpg -k 10 --json
   priorclip search idx/ "a stadium" --geojson > stadiums.geojson     # open in QGIS
+  priorclip search idx/ "an airport" --bbox 12.2,41.7,12.7,42.0        # only tiles meeting this lon/lat box
 """
 
 
@@ -18,6 +19,10 @@ def add_arguments(p) -> None:
     p.add_argument("text", nargs="?", help="query text")
     p.add_argument("--image", metavar="FILE", help="search with an example image instead of text")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--bbox", metavar="MINLON,MINLAT,MAXLON,MAXLAT", default=None,
+                   help="only items whose footprint meets this lon/lat box (EPSG:4326 degrees; minlon > maxlon "
+                        "crosses the antimeridian; write --bbox=-10,... when it starts with a minus); photos "
+                        "without georeference are left out")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print results as JSON")
     fmt.add_argument("--geojson", action="store_true",
@@ -36,14 +41,19 @@ def run(args) -> int:
         raise ConfigError("give either query TEXT or --image FILE (exactly one)")
     if not 1 <= args.k <= MAX_K:
         raise ConfigError(f"-k {args.k}: must be between 1 and {MAX_K}")
+    from priorclip.search.spatial import BBox
+
+    box = BBox.parse(args.bbox)  # a bad box fails before the model loads
     idx = SearchIndex(args.index, device=args.device)
     warn_random_index("search", idx)
     if args.image is not None:
-        hits = idx.search_image(args.image, args.k)
+        hits = idx.search_image(args.image, args.k, bbox=box)
         query = {"image": args.image, "k": args.k}
     else:
-        hits = idx.search_text(args.text, args.k)
+        hits = idx.search_text(args.text, args.k, bbox=box)
         query = {"text": args.text, "k": args.k}
+    if box is not None:
+        query["bbox"] = box.as_list()
     if args.geojson:
         print(json.dumps(to_geojson(hits, query), indent=1))
     elif args.json:

@@ -21,9 +21,13 @@ from priorclip.errors import ConfigError, DataError
 from priorclip.search import ann
 from priorclip.search.encoders import Encoder, encoder_for_index
 from priorclip.search.sources import open_raster, read_item, read_raster_window
+from priorclip.search.spatial import BBox
 from priorclip.search.store import FAISS_NAME, Store, read_index_json
 
 MAX_K = 1000
+# A bbox holding at most this many items is ranked exactly from their stored vectors; a larger
+# one filters the ANN ranking, looking as far down it as needed.
+EXACT_FILTER_LIMIT = 50_000
 THUMB_SIZES = (64, 128, 256, 512)
 OVERVIEW_SIDE = 1024
 
@@ -66,45 +70,70 @@ class SearchIndex:
         return int(self.ann.ntotal)
 
     # ---- search ---------------------------------------------------------------------------
-    def search_vector(self, vector: np.ndarray, k: int = 10, exclude: int | None = None) -> list[dict]:
+    def search_vector(self, vector: np.ndarray, k: int = 10, exclude: int | None = None, bbox=None) -> list[dict]:
+        """The k best items for a query vector; `bbox` (a `BBox` or 'minlon,minlat,maxlon,maxlat')
+        keeps only items whose footprint meets that lon/lat box."""
         if not 1 <= int(k) <= MAX_K:
             raise ConfigError(f"k={k}: must be between 1 and {MAX_K}")
         q = np.ascontiguousarray(np.asarray(vector, np.float32).reshape(1, self.dim))
-        k, total = int(k), max(len(self), 1)
-        fetch = min(k + (1 if exclude is not None else 0), total)
+        k, box = int(k), BBox.parse(bbox)
+        if box is None:
+            return self._ranked(*self._ann_search(q, k, exclude))
+        allowed = self.store.ids_in_bbox(box)
+        if len(allowed) <= EXACT_FILTER_LIMIT:
+            # a small area: score its items exactly from their stored vectors
+            ids, vecs = self.store.vectors_of([i for i in allowed if i != exclude], self.dim)
+            scores = vecs @ q[0]
+            order = np.lexsort((ids, -scores))[:k]
+            found = [(int(ids[j]), float(scores[j])) for j in order]
+            return self._ranked(found, self.store.items([i for i, _ in found]))
+        return self._ranked(*self._ann_search(q, k, exclude, allowed=set(allowed)))
+
+    def _ann_search(self, q: np.ndarray, k: int, exclude: int | None, allowed: set[int] | None = None):
+        """([(id, score)], their items) from the ANN index, looking further until k hits are live
+        (and inside `allowed`) or everything has been seen."""
+        total = max(len(self), 1)
+        want = k + (1 if exclude is not None else 0)
+        if allowed is not None:  # expect the area's share of the ranking
+            want = int(want * total / max(len(allowed), 1)) + 1
+        fetch = min(want, total)
         while True:
             scores, ids = self.ann.search(q, fetch)
-            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0 and i != exclude]
+            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0])
+                     if i >= 0 and i != exclude and (allowed is None or int(i) in allowed)]
             meta = self.store.items([i for i, _ in pairs])
             # A vector whose item is gone: a re-index that removed or changed files was interrupted
             # before it published the new FAISS file (the old one is still served). Skip it and
             # look further, so the caller still gets k live hits.
             live = [(i, s) for i, s in pairs if i in meta]
             if len(live) >= k or fetch >= total:
-                break
+                return live[:k], meta
             fetch = min(total, 2 * fetch + (len(pairs) - len(live)))
-        return [{"rank": rank, "score": round(s, 6), **_public_item(meta[i])}
-                for rank, (i, s) in enumerate(live[:k], 1)]
 
-    def search_text(self, text: str, k: int = 10) -> list[dict]:
+    @staticmethod
+    def _ranked(found: list[tuple[int, float]], meta: dict[int, dict]) -> list[dict]:
+        return [{"rank": rank, "score": round(s, 6), **_public_item(meta[i])}
+                for rank, (i, s) in enumerate([f for f in found if f[0] in meta], 1)]
+
+    def search_text(self, text: str, k: int = 10, bbox=None) -> list[dict]:
         text = (text or "").strip()
         if not text:
             raise ConfigError("query text is empty")
-        return self.search_vector(self.encoder.embed_texts([text])[0], k)
+        return self.search_vector(self.encoder.embed_texts([text])[0], k, bbox=bbox)
 
     def embed_image(self, image: Image.Image) -> np.ndarray:
         tensor = self.encoder.transform(image.convert("RGB"))
         return self.encoder.embed_images(tensor.unsqueeze(0))[0]
 
-    def search_image(self, image: Image.Image | str | Path | bytes, k: int = 10) -> list[dict]:
-        return self.search_vector(self.embed_image(load_query_image(image)), k)
+    def search_image(self, image: Image.Image | str | Path | bytes, k: int = 10, bbox=None) -> list[dict]:
+        return self.search_vector(self.embed_image(load_query_image(image)), k, bbox=bbox)
 
-    def search_similar(self, item_id: int, k: int = 10) -> list[dict]:
+    def search_similar(self, item_id: int, k: int = 10, bbox=None) -> list[dict]:
         """Items like a stored one, from its stored vector (no decoding, no model call)."""
         vec = self.store.vector(item_id, self.dim)
         if vec is None:
             raise KeyError(item_id)
-        return self.search_vector(vec, k, exclude=int(item_id))
+        return self.search_vector(vec, k, exclude=int(item_id), bbox=bbox)
 
     # ---- items ----------------------------------------------------------------------------
     def item(self, item_id: int) -> dict | None:

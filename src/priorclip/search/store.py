@@ -73,6 +73,19 @@ CREATE TABLE IF NOT EXISTS vectors (
 );
 """
 
+# Lon/lat boxes of the items in an R*Tree (SQLite's spatial index), kept by triggers, so a bbox
+# filter reads the candidates of an area without a scan. Items without bounds are not in it.
+_SPATIAL = """
+CREATE VIRTUAL TABLE IF NOT EXISTS items_rtree USING rtree(id, minlon, maxlon, minlat, maxlat);
+CREATE TRIGGER IF NOT EXISTS items_rtree_insert AFTER INSERT ON items WHEN new.bounds IS NOT NULL BEGIN
+  INSERT INTO items_rtree VALUES (new.id, json_extract(new.bounds, '$[0]'), json_extract(new.bounds, '$[2]'),
+                                  json_extract(new.bounds, '$[1]'), json_extract(new.bounds, '$[3]'));
+END;
+CREATE TRIGGER IF NOT EXISTS items_rtree_delete AFTER DELETE ON items BEGIN
+  DELETE FROM items_rtree WHERE id = old.id;
+END;
+"""
+
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 PUBLISHED = (FAISS_NAME, REPORT_NAME, INDEX_JSON)  # written by `publish`, index.json last
@@ -228,7 +241,20 @@ class Store:
             con.execute("INSERT OR IGNORE INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
             con.commit()
             self._upgrade()
+            self._add_spatial_index()
         self._missing = self._missing_columns()
+        self._has_rtree = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name='items_rtree'").fetchone() is not None
+
+    def _add_spatial_index(self) -> None:
+        """Create the R*Tree and its triggers; an index made before them gets its boxes filled in."""
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name='items_rtree'").fetchone():
+            return
+        with self.conn:
+            self.conn.executescript(_SPATIAL)
+            self.conn.execute(
+                "INSERT INTO items_rtree SELECT id, json_extract(bounds, '$[0]'), json_extract(bounds, '$[2]'), "
+                "json_extract(bounds, '$[1]'), json_extract(bounds, '$[3]') FROM items WHERE bounds IS NOT NULL")
 
     def _missing_columns(self) -> set[str]:
         have = {(t, r["name"]) for t in ("files", "items") for r in self.conn.execute(f"PRAGMA table_info({t})")}
@@ -390,6 +416,34 @@ class Store:
         if not parts:
             return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def ids_in_bbox(self, box) -> list[int]:
+        """Embedded items whose footprint meets the lon/lat `box` (a `spatial.BBox`): R*Tree
+        candidates (or, in a read-only index made before it had one, a scan of the stored boxes),
+        then the exact polygon test."""
+        from priorclip.search.spatial import footprints_intersecting
+
+        rows = []
+        for minlon, minlat, maxlon, maxlat in box.parts():
+            if self._has_rtree:
+                q = ("SELECT items.id, items.footprint, items.bounds FROM items_rtree JOIN items USING(id) "
+                     "WHERE items_rtree.minlon <= ? AND items_rtree.maxlon >= ? AND items_rtree.minlat <= ? "
+                     "AND items_rtree.maxlat >= ? AND items.state = 1")
+            else:
+                q = ("SELECT id, footprint, bounds FROM items WHERE bounds IS NOT NULL AND state = 1 AND "
+                     "json_extract(bounds, '$[0]') <= ? AND json_extract(bounds, '$[2]') >= ? AND "
+                     "json_extract(bounds, '$[1]') <= ? AND json_extract(bounds, '$[3]') >= ?")
+            rows += [tuple(r) for r in self.conn.execute(q, (maxlon, minlon, maxlat, minlat))]
+        return sorted(set(footprints_intersecting(box, list({r[0]: r for r in rows}.values()))))
+
+    def vectors_of(self, ids: list[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors [n, dim]) of the given items that have a vector, in one query."""
+        rows = self.conn.execute("SELECT id, vec FROM vectors WHERE id IN (SELECT value FROM json_each(?))",
+                                 (json.dumps([int(i) for i in ids]),)).fetchall()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        return (np.array([r[0] for r in rows], dtype=np.int64),
+                np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim))
 
     def vector(self, item_id: int, dim: int) -> np.ndarray | None:
         row = self.conn.execute("SELECT vec FROM vectors WHERE id=?", (int(item_id),)).fetchone()

@@ -52,6 +52,11 @@ class Context:
             fail(exc)
 
 
+def with_bbox(query: dict, bbox: str | None) -> dict:
+    """The query a response echoes, with its box (as numbers) when there is one."""
+    return {**query, "bbox": [float(v) for v in bbox.split(",")]} if bbox else query
+
+
 def fail(exc: Exception, reading_item: bool = False):
     """Map library errors to HTTP. Messages about stored files never include their paths."""
     if isinstance(exc, PathNotAllowed):

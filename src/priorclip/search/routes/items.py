@@ -3,7 +3,8 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import Response
 
 from priorclip.search.query import THUMB_SIZES
-from priorclip.search.routes.common import JPEG, MAX_ID, Context, Item, Results, errors, fail
+from priorclip.search.routes.common import JPEG, MAX_ID, Context, Item, Results, errors, fail, with_bbox
+from priorclip.search.spatial import BBOX_HELP, BBOX_PATTERN
 
 
 def router(ctx: Context) -> APIRouter:
@@ -21,9 +22,11 @@ def router(ctx: Context) -> APIRouter:
         return ctx.hit(item)
 
     @r.get("/{item_id}/similar", summary="Items similar to a stored one",
-           responses={200: {"model": Results}, **errors(404)})
-    def similar(item_id: int = item_id_param(), k: int = Query(10, ge=1, le=ctx.limits.max_k)):
-        return ctx.results({"item": item_id, "k": k}, ctx.searched(idx.search_similar, item_id, k))
+           responses={200: {"model": Results}, **errors(400, 404)})
+    def similar(item_id: int = item_id_param(), k: int = Query(10, ge=1, le=ctx.limits.max_k),
+                bbox: str | None = Query(None, pattern=BBOX_PATTERN, description=BBOX_HELP)):
+        hits = ctx.searched(idx.search_similar, item_id, k, bbox)
+        return ctx.results(with_bbox({"item": item_id, "k": k}, bbox), hits)
 
     @r.get("/{item_id}/thumbnail", summary="JPEG thumbnail of an item", response_class=Response,
            responses={200: JPEG, **errors(403, 404, 410)})

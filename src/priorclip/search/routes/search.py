@@ -7,7 +7,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from priorclip.search.query import to_geojson
-from priorclip.search.routes.common import Context, Results, errors
+from priorclip.search.routes.common import Context, Results, errors, with_bbox
+from priorclip.search.spatial import BBOX_HELP, BBOX_PATTERN
 
 # A query must contain a non-space character: declared in the schema, so a blank query is a
 # validation error (422) like any other invalid parameter rather than a 400 the schema hides.
@@ -38,34 +39,39 @@ def router(ctx: Context) -> APIRouter:
     def top_k():
         return Query(10, ge=1, le=lim.max_k, description="number of results")
 
+    def area():
+        return Query(None, pattern=BBOX_PATTERN, description=BBOX_HELP, examples=["12.2,41.7,12.7,42.0"])
+
     class TextQuery(BaseModel):
         text: str = Field(min_length=1, max_length=lim.max_query_chars, pattern=NOT_BLANK, description="what to look for")
         k: int = Field(10, ge=1, le=lim.max_k, description="number of results")
+        bbox: str | None = Field(None, pattern=BBOX_PATTERN, description=BBOX_HELP)
 
-    def text_search(q: str, k: int) -> dict:
-        return ctx.results({"text": q, "k": k}, ctx.searched(idx.search_text, q, k))
+    def text_search(q: str, k: int, bbox: str | None) -> dict:
+        return ctx.results(with_bbox({"text": q, "k": k}, bbox), ctx.searched(idx.search_text, q, k, bbox))
 
     @r.get("/search", summary="Text to image search", responses={200: {"model": Results}, **errors(400)})
-    def search_get(q: str = query_text(), k: int = top_k()):
-        return text_search(q, k)
+    def search_get(q: str = query_text(), k: int = top_k(), bbox: str | None = area()):
+        return text_search(q, k, bbox)
 
     @r.post("/search", summary="Text to image search (JSON body)", responses={200: {"model": Results}, **errors(400)})
     def search_post(body: TextQuery):
-        return text_search(body.text, body.k)
+        return text_search(body.text, body.k, body.bbox)
 
     @r.get("/search.geojson", summary="Text search as a GeoJSON FeatureCollection (download)",
            response_class=JSONResponse, responses={200: _GEOJSON, **errors(400)})
-    def search_geojson(q: str = query_text(), k: int = top_k()):
-        fc = to_geojson([ctx.hit(h) for h in ctx.searched(idx.search_text, q, k)], {"text": q, "k": k})
+    def search_geojson(q: str = query_text(), k: int = top_k(), bbox: str | None = area()):
+        hits = [ctx.hit(h) for h in ctx.searched(idx.search_text, q, k, bbox)]
+        fc = to_geojson(hits, with_bbox({"text": q, "k": k}, bbox))
         return JSONResponse(fc, media_type="application/geo+json",
                             headers={"Content-Disposition": 'attachment; filename="priorclip-search.geojson"'})
 
     @r.post("/search/image", summary="Image to image search (upload)", openapi_extra=_UPLOAD_BODY,
             responses={200: {"model": Results}, **errors(400, 413)})
-    async def search_image(request: Request, k: int = top_k()):
+    async def search_image(request: Request, k: int = top_k(), bbox: str | None = area()):
         data = await _read_upload(request, lim.max_upload_bytes)
-        hits = await run_in_threadpool(ctx.searched, idx.search_image, data, k)
-        return ctx.results({"image": True, "k": k}, hits)
+        hits = await run_in_threadpool(ctx.searched, idx.search_image, data, k, bbox)
+        return ctx.results(with_bbox({"image": True, "k": k}, bbox), hits)
 
     return r
 

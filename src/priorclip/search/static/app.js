@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { hits: [], selected: null, lastText: null, k: 20 };
+const state = { hits: [], selected: null, lastText: null, k: 20, bbox: null };
 
 function el(tag, attrs = {}, text) {
   const node = document.createElement(tag);
@@ -77,7 +77,9 @@ function renderResults(data, label) {
     }
     grid.append(card);
   }
+  const area = data.query && data.query.bbox ? data.query.bbox : null;
   ResultMap.show(data.results, {
+    area,
     onHover: (hit, on) => { const card = cardOf(hit.id); if (card) card.classList.toggle("linked", on); },
     onPick: (hit) => {
       const card = cardOf(hit.id);
@@ -86,12 +88,25 @@ function renderResults(data, label) {
       card.focus({ preventScroll: true });
     },
   });
-  setStatus(data.count ? `${data.count} results for ${label}` : `no results for ${label}`);
+  const where = area ? " in the map area" : "";
+  setStatus(data.count ? `${data.count} results for ${label}${where}` : `no results for ${label}${where}`);
+}
+
+// The search area (a bbox string) applies to every search until cleared; the chip says so.
+function setArea(bbox) {
+  state.bbox = bbox;
+  $("area").hidden = !bbox;
+  $("area-text").textContent = bbox ? `in area ${bbox.split(",").map((v) => Number(v).toFixed(3)).join(", ")}` : "";
+}
+
+function withArea(params) {
+  if (state.bbox) params.set("bbox", state.bbox);
+  return params;
 }
 
 async function searchText(text, k) {
   setStatus("searching…");
-  const params = new URLSearchParams({ q: text, k: String(k) });
+  const params = withArea(new URLSearchParams({ q: text, k: String(k) }));
   try {
     const data = await fetchJSON(`/api/search?${params}`);
     state.lastText = text;
@@ -110,7 +125,8 @@ async function searchImage(file, k) {
   const form = new FormData();
   form.append("file", file);
   try {
-    const data = await fetchJSON(`/api/search/image?k=${k}`, { method: "POST", body: form });
+    const params = withArea(new URLSearchParams({ k: String(k) }));
+    const data = await fetchJSON(`/api/search/image?${params}`, { method: "POST", body: form });
     $("geojson-link").classList.add("disabled");
     renderResults(data, `image ${file.name}`);
   } catch (err) {
@@ -121,7 +137,8 @@ async function searchImage(file, k) {
 async function searchSimilar(hit, k) {
   setStatus("searching…");
   try {
-    const data = await fetchJSON(`/api/items/${hit.id}/similar?k=${k}`);
+    const params = withArea(new URLSearchParams({ k: String(k) }));
+    const data = await fetchJSON(`/api/items/${hit.id}/similar?${params}`);
     $("geojson-link").classList.add("disabled");
     renderResults(data, `items like ${hit.name}`);
   } catch (err) {
@@ -215,6 +232,16 @@ document.addEventListener("DOMContentLoaded", () => {
     $("image-file").value = "";
   });
   $("detail-close").addEventListener("click", () => { $("detail").hidden = true; });
+  $("search-view").addEventListener("click", () => {
+    const box = ResultMap.viewBox();
+    if (!box || !state.lastText) return;
+    setArea(box);
+    searchText(state.lastText, Number($("k").value));
+  });
+  $("area-clear").addEventListener("click", () => {
+    setArea(null);
+    if (state.lastText) searchText(state.lastText, Number($("k").value));
+  });
   $("similar-button").addEventListener("click", () => {
     if (state.selected) searchSimilar(state.selected, Number($("k").value));
   });

@@ -9,6 +9,7 @@ const ResultMap = (() => {
   let map = null;
   let scenes = null;       // scene overviews, in their own pane below the footprints
   let footprints = null;   // one polygon per georeferenced hit
+  let areaLayer = null;    // the box the last search was restricted to, dashed
   const polygons = new Map();     // hit id -> polygon
   const sceneRecords = new Map(); // scene id -> promise of /api/scenes/{id}, kept across searches
   let generation = 0;      // scene records arriving after a newer search are dropped
@@ -30,6 +31,16 @@ const ResultMap = (() => {
     map.createPane("scenes");  // stacked under the overlay pane by style.css
     scenes = L.layerGroup().addTo(map);
     footprints = L.featureGroup().addTo(map);
+    areaLayer = L.layerGroup().addTo(map);
+  }
+
+  // The visible part of the map as the API's bbox (minlon,minlat,maxlon,maxlat), clamped to the
+  // globe; null before the map has a view.
+  function viewBox() {
+    if (!map || node("map").hidden) return null;
+    const b = map.getBounds();
+    const clamp = (v, lim) => Math.max(-lim, Math.min(lim, v)).toFixed(6);
+    return [clamp(b.getWest(), 180), clamp(b.getSouth(), 90), clamp(b.getEast(), 180), clamp(b.getNorth(), 90)].join(",");
   }
 
   function sceneRecord(id) {
@@ -73,15 +84,18 @@ const ResultMap = (() => {
 
   // Draw `hits` (the whole result list, in rank order). onHover(hit, on) and onPick(hit) are the
   // card side of the link.
-  function show(hits, { onHover, onPick }) {
+  // `area` ([w, s, e, n] or null) is the box the search was restricted to: drawn dashed, and the
+  // map stays up to show it even when nothing was found inside.
+  function show(hits, { onHover, onPick, area = null }) {
     generation += 1;
     const panel = node("map-panel");
     const placed = hits.filter(isGeoreferenced);
     const sceneIds = [...new Set(placed.map((h) => h.scene_id).filter((id) => id !== null && id !== undefined))];
-    panel.hidden = hits.length === 0;
-    node("map-note").textContent = hits.length ? describe(hits.length, placed.length, sceneIds.length) : "";
-    node("map").hidden = placed.length === 0 || !window.L;
-    if (map) { scenes.clearLayers(); footprints.clearLayers(); }
+    panel.hidden = hits.length === 0 && !area;
+    node("map-note").textContent = hits.length ? describe(hits.length, placed.length, sceneIds.length)
+      : "nothing found in this area";
+    node("map").hidden = (placed.length === 0 && !area) || !window.L;
+    if (map) { scenes.clearLayers(); footprints.clearLayers(); areaLayer.clearLayers(); }
     polygons.clear();
     if (node("map").hidden) return;
 
@@ -89,7 +103,12 @@ const ResultMap = (() => {
     map.invalidateSize();  // the container may just have been unhidden
     // Fit first: a map without a view holds new layers back, and the polygons' elements are
     // needed right away for the card links.
-    map.fitBounds(L.latLngBounds(placed.flatMap((h) => latLngs(h.footprint))), { padding: [24, 24] });
+    const corners = placed.flatMap((h) => latLngs(h.footprint));
+    if (area) {
+      L.rectangle(boxBounds(area), { className: "search-area", interactive: false }).addTo(areaLayer);
+      if (!corners.length) corners.push(...[[area[1], area[0]], [area[3], area[2]]]);
+    }
+    map.fitBounds(L.latLngBounds(corners), { padding: [24, 24] });
     for (const hit of placed) {
       const polygon = L.polygon(latLngs(hit.footprint), { className: "footprint" });
       polygon.bindTooltip(tooltip(hit), { sticky: true });
@@ -103,5 +122,5 @@ const ResultMap = (() => {
     for (const id of sceneIds) addScene(id, generation);
   }
 
-  return { show, highlight, isGeoreferenced };
+  return { show, highlight, isGeoreferenced, viewBox };
 })();

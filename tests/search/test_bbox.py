@@ -12,7 +12,7 @@ import pytest
 import shapely
 
 from priorclip.errors import ConfigError
-from priorclip.search import query
+from priorclip.search.backends import faiss_backend
 from priorclip.search.index import build_index
 from priorclip.search.query import SearchIndex
 from priorclip.search.spatial import BBox
@@ -79,8 +79,8 @@ def test_bbox_hits_are_exactly_the_best_items_meeting_the_box(two_crs_index, mon
     assert idx.store.conn.execute("SELECT COUNT(*) FROM items_rtree WHERE minlon <= ? AND maxlon >= ? AND "
                                   "minlat <= ? AND maxlat >= ?", (uw + 1e-5, uw, un, un - 1e-5)).fetchone()[0]
     assert not idx.search_vector(q, k=5, bbox=corner)
-    for limit in (query.EXACT_FILTER_LIMIT, 0):  # exact scoring, then the filtered ANN ranking
-        monkeypatch.setattr(query, "EXACT_FILTER_LIMIT", limit)
+    for limit in (faiss_backend.EXACT_FILTER_LIMIT, 0):  # exact scoring, then the filtered ANN ranking
+        monkeypatch.setattr(faiss_backend, "EXACT_FILTER_LIMIT", limit)
         for box in boxes:
             hits = idx.search_vector(q, k=7, bbox=box)
             assert [h["id"] for h in hits] == _expected(idx, box, q, 7), (limit, box)

@@ -23,6 +23,8 @@ examples:
   priorclip index s2/ --model CKPT --out idx/ --bands 4,3,2 --min-valid 0.2  # by number; keep ragged edges
   priorclip index /data/archive --model CKPT --out idx/ --index-type flat   # float32, bit-exact scores
   priorclip index /data/archive --model CKPT --out idx/ --index-type hnsw   # approximate, for millions
+  priorclip index /data/archive --model CKPT --out idx/ --backend milvus --uri idx.milvus.db   # Milvus Lite
+  priorclip index /data/archive --model CKPT --out idx/ --backend milvus --uri http://milvus:19530
   # four machines, then one merge:
   priorclip index /data/archive --model CKPT --out parts/ --shard 0/4      # ... 1/4, 2/4, 3/4
   priorclip index --merge parts/part-* --out idx/
@@ -54,6 +56,17 @@ def add_arguments(p) -> None:
     p.add_argument("--retry-failed", action="store_true", help="try unreadable files again even if unchanged")
     p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    eng = p.add_argument_group("vector backend (default: a FAISS file in --out)")
+    eng.add_argument("--backend", choices=["faiss", "milvus"], default=None,
+                     help="where vectors are stored and searched; a later run keeps the index's backend (default faiss)")
+    eng.add_argument("--uri", default=None,
+                     help="Milvus: a file for Milvus Lite (in-process, e.g. idx.milvus.db) or http://HOST:19530")
+    eng.add_argument("--collection", default=None, help="Milvus collection (default: from the --out folder's name)")
+    eng.add_argument("--milvus-index", default=None, metavar="TYPE",
+                     help="Milvus index type when the collection is created: HNSW (default), IVF_FLAT, IVF_PQ, "
+                          "IVF_SQ8, FLAT, AUTOINDEX, or GPU_* where the server has GPUs")
+    eng.add_argument("--milvus-params", default=None, metavar="JSON",
+                     help='its build parameters, e.g. \'{"M": 16, "efConstruction": 200}\' or \'{"nlist": 1024, "m": 16}\'')
 
 
 def run(args) -> int:
@@ -83,16 +96,27 @@ def run(args) -> int:
         if not 0.0 <= min_valid <= 1.0:
             raise ConfigError(f"--min-valid {args.min_valid}: must be a fraction between 0 and 1")
         shard = parse_shard(args.shard)
+        backend = None
+        if args.backend == "milvus":
+            from priorclip.search.backends.milvus_backend import milvus_spec
+
+            backend = milvus_spec(args.uri, out, args.collection, args.milvus_index, args.milvus_params)
+        elif args.uri or args.collection or args.milvus_index or args.milvus_params:
+            raise ConfigError("--uri, --collection and --milvus-* go with --backend milvus")
         from priorclip.search.encoders import load_encoder
 
         encoder = load_encoder(args.model, device=args.device, random_weights=args.random_weights)
         info = build_index(args.paths, out, encoder, model_spec=args.model, tile_size=args.tile_size,
                            tile_stride=args.tile_stride, batch_size=args.batch_size, workers=args.workers,
                            index_type=args.index_type, shard=shard, retry_failed=args.retry_failed,
-                           bands=args.bands, min_valid=min_valid, progress=not args.no_progress)
+                           bands=args.bands, min_valid=min_valid, backend=backend, progress=not args.no_progress)
         if shard is not None:
             out = part_dir(out, *shard)
     skipped = read_report(out)
-    print(f"index ready: {info['counts']['items']} items, {len(skipped)} input(s) skipped "
-          f"(FAISS {info['faiss']['type']}, recall@10 {info['faiss']['recall_at_10']})")
+    if "faiss" in info:
+        where = f"FAISS {info['faiss']['type']}, recall@10 {info['faiss']['recall_at_10']}"
+    else:
+        b = info["backend"]
+        where = f"Milvus {b['uri']} collection {b['collection']}, {b['index']['type']}"
+    print(f"index ready: {info['counts']['items']} items, {len(skipped)} input(s) skipped ({where})")
     return report_skipped("index", skipped, f"see {out / REPORT_NAME}")

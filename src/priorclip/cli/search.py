@@ -28,6 +28,8 @@ def add_arguments(p) -> None:
     fmt.add_argument("--geojson", action="store_true",
                      help="print a GeoJSON FeatureCollection (tile footprints in lon/lat; null geometry otherwise)")
     p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    p.add_argument("--backend-uri", default=None, metavar="URI",
+                   help="a Milvus-backed index: reach its engine at this URI instead of the one recorded at index time")
 
 
 def run(args) -> int:
@@ -44,7 +46,7 @@ def run(args) -> int:
     from priorclip.search.spatial import BBox
 
     box = BBox.parse(args.bbox)  # a bad box fails before the model loads
-    idx = SearchIndex(args.index, device=args.device)
+    idx = SearchIndex(args.index, device=args.device, backend_uri=args.backend_uri)
     warn_random_index("search", idx)
     if args.image is not None:
         hits = idx.search_image(args.image, args.k, bbox=box)

@@ -20,6 +20,8 @@ def add_arguments(p) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted query image (default 20)")
     p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    p.add_argument("--backend-uri", default=None, metavar="URI",
+                   help="a Milvus-backed index: reach its engine at this URI instead of the one recorded at index time")
 
 
 def run(args) -> int:
@@ -31,7 +33,7 @@ def run(args) -> int:
     from priorclip.search.query import SearchIndex
     from priorclip.search.server import create_app
 
-    idx = SearchIndex(args.index, device=args.device)
+    idx = SearchIndex(args.index, device=args.device, backend_uri=args.backend_uri)
     warn_random_index("serve", idx)
     idx.encoder  # load the model now: a wrong checkpoint fails here, not on the first query
     app = create_app(idx, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))

@@ -111,14 +111,16 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
                 tile_size: int = DEFAULT_TILE, tile_stride: int | None = None, batch_size: int = 64,
                 workers: int = 0, index_type: str = ann.DEFAULT_INDEX_TYPE, shard: tuple[int, int] | None = None,
                 retry_failed: bool = False, bands=None, min_valid: float = DEFAULT_MIN_VALID,
-                progress: bool = True, log=print) -> dict:
+                backend: dict | None = None, progress: bool = True, log=print) -> dict:
     """Embed every image under `paths` into the index directory `out` (see module doc).
 
     `bands` ("red,green,blue", "3,2,1" or a tuple) chooses the rasters' RGB bands instead of
     their own labels (`priorclip.data.bands`); `min_valid` is the smallest share of valid
     (not nodata) pixels an item needs to be embedded; an item without any is never embedded.
     Returns the index.json written. With `shard=(rank, world)` only this rank's files are
-    embedded, into `out/part-RANK-of-WORLD`; merge the parts with `merge_indexes`.
+    embedded, into `out/part-RANK-of-WORLD`; merge the parts with `merge_indexes`. `backend`
+    (`milvus_spec(...)`) keeps the vectors in a Milvus collection instead of a FAISS file; an index
+    keeps the backend it was made with when a later run names none.
     """
     request = parse_bands(bands)
     if not 0.0 <= float(min_valid) <= 1.0:
@@ -147,6 +149,8 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
                 f"{out} was built with {old}, this run asks for {settings}; use a new --out directory "
                 "(vectors of different models or tilings cannot share an index)")
         store.set_meta("settings", settings)
+        backend = backend or store.get_meta("backend") or {"kind": "faiss"}
+        store.set_meta("backend", backend)
         created = store.get_meta("created") or _now()
         store.set_meta("created", created)
 
@@ -199,7 +203,7 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
             + (f" ({revived} allowed and {dropped} dropped by --min-valid {min_valid})" if revived or dropped else ""))
         stats = embed_items(encoder, pending, store.commit_batch, batch_size=batch_size, workers=workers,
                             progress=progress, min_valid=min_valid)
-        info, index = _finish(store, out, model, settings, index_type, created, log)
+        info, index = _finish(store, out, model, settings, index_type, created, log, backend=backend)
         info["last_run"] = {
             "files_found": len(found), "files_unchanged": unchanged, "files_planned": planned,
             "files_removed": len(gone), "embedded": stats["embedded"], "failed": stats["failed"] + failed_now,
@@ -226,8 +230,9 @@ def _same_bands(row, request) -> bool:
 
 
 def _publish(out: Path, index, report: dict | None, info: dict) -> None:
-    """FAISS file, report.json and index.json replaced together (see `store.publish`)."""
-    files = {FAISS_NAME: lambda fh: write_faiss(index, fh)}
+    """FAISS file (none for a Milvus index), report.json and index.json replaced together (see
+    `store.publish`)."""
+    files = {FAISS_NAME: lambda fh: write_faiss(index, fh)} if index is not None else {}
     if report is not None:
         files[REPORT_NAME] = json_bytes(report)
     files[INDEX_JSON] = json_bytes(info)
@@ -235,20 +240,29 @@ def _publish(out: Path, index, report: dict | None, info: dict) -> None:
 
 
 def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: str, created: str, log,
-            merged_from: list[str] | None = None) -> tuple[dict, object]:
-    """index.json's content and the FAISS structure rebuilt from the stored vectors (not yet written)."""
+            merged_from: list[str] | None = None, backend: dict | None = None) -> tuple[dict, object]:
+    """index.json's content and the FAISS structure rebuilt from the stored vectors (not yet
+    written); with a Milvus backend, the collection brought in line with the catalogue instead."""
     dim = int(model["embed_dim"])
-    ids, vecs = store.all_vectors(dim)
-    t = time.perf_counter()
-    index, params = ann.build(vecs, ids, index_type)
-    params["build_seconds"] = round(time.perf_counter() - t, 3)
-    if index_type != "flat":
-        params["recall_at_10"] = ann.recall_at_k(index, vecs, ids, k=10)
-        log(f"[index] {index_type} recall@10 against exact search: {params['recall_at_10']:.3f} "
-            f"({len(ids)} vectors)" if params["recall_at_10"] is not None else "[index] empty index")
+    index = params = None
+    if backend and backend["kind"] == "milvus":
+        from priorclip.search.backends.milvus_backend import MilvusBackend
+
+        t = time.perf_counter()
+        synced = MilvusBackend.create_or_open(backend, dim, store).sync(log)
+        backend = {**backend, "last_sync": {**synced, "seconds": round(time.perf_counter() - t, 3)}}
     else:
-        params["recall_at_10"] = 1.0
-    params["file"] = FAISS_NAME
+        ids, vecs = store.all_vectors(dim)
+        t = time.perf_counter()
+        index, params = ann.build(vecs, ids, index_type)
+        params["build_seconds"] = round(time.perf_counter() - t, 3)
+        if index_type != "flat":
+            params["recall_at_10"] = ann.recall_at_k(index, vecs, ids, k=10)
+            log(f"[index] {index_type} recall@10 against exact search: {params['recall_at_10']:.3f} "
+                f"({len(ids)} vectors)" if params["recall_at_10"] is not None else "[index] empty index")
+        else:
+            params["recall_at_10"] = 1.0
+        params["file"] = FAISS_NAME
     counts = store.counts()
     info = {
         "format": "priorclip-search-index",
@@ -263,8 +277,10 @@ def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: st
                    "invalid_pixels": "filled with the mean colour of the item's valid pixels"},
         "roots": sorted(store.roots().values()),
         "counts": counts,
-        "faiss": params,
+        "backend": backend or {"kind": "faiss"},
     }
+    if params is not None:
+        info["faiss"] = params
     if merged_from is not None:
         info["merged_from"] = merged_from
     log(f"[index] {counts['items']} items ({counts['tiles']} tiles from {counts['scenes']} scenes) in {out}; "
@@ -341,6 +357,9 @@ def rebuild_ann(directory: str | Path, index_type: str, log=print) -> dict:
     """Switch an existing index to another FAISS type without re-embedding."""
     directory = Path(directory)
     info = read_index_json(directory)
+    if info.get("backend", {}).get("kind") == "milvus":
+        raise ConfigError(f"{directory} keeps its vectors in Milvus: there is no FAISS file to rebuild "
+                          "(a collection's index type is chosen with --milvus-index when it is created)")
     with _locked(directory):
         store = Store(directory)
         settings = store.get_meta("settings")

@@ -18,16 +18,13 @@ from PIL import Image
 
 from priorclip.data.bands import RgbBands
 from priorclip.errors import ConfigError, DataError
-from priorclip.search import ann
+from priorclip.search.backends import open_backend
 from priorclip.search.encoders import Encoder, encoder_for_index
 from priorclip.search.sources import open_raster, read_item, read_raster_window
 from priorclip.search.spatial import BBox
-from priorclip.search.store import FAISS_NAME, Store, read_index_json
+from priorclip.search.store import Store, read_index_json
 
 MAX_K = 1000
-# A bbox holding at most this many items is ranked exactly from their stored vectors; a larger
-# one filters the ANN ranking, looking as far down it as needed.
-EXACT_FILTER_LIMIT = 50_000
 THUMB_SIZES = (64, 128, 256, 512)
 OVERVIEW_SIDE = 1024
 
@@ -38,15 +35,14 @@ class PathNotAllowed(DataError):
 
 class SearchIndex:
     def __init__(self, directory: str | Path, encoder: Encoder | None = None, device: str = "cpu",
-                 cache_bytes: int = 64 << 20):
+                 cache_bytes: int = 64 << 20, backend_uri: str | None = None):
+        """`backend_uri` reaches a Milvus-backed index's engine at another address than the one
+        recorded at index time."""
         self.directory = Path(directory)
         self.info = read_index_json(self.directory)
         self.dim = int(self.info["embed_dim"])
         self.store = Store(self.directory, readonly=True)
-        faiss_file = self.directory / self.info.get("faiss", {}).get("file", FAISS_NAME)
-        if not faiss_file.is_file():
-            raise DataError(f"{faiss_file} not found: rebuild the index with `priorclip index`")
-        self.ann = ann.load(faiss_file, self.info.get("faiss"))
+        self.backend = open_backend(self.directory, self.info, self.store, uri=backend_uri)
         self.roots = {rid: os.path.normpath(p) for rid, p in self.store.roots().items()}
         self._device = device
         self._encoder = encoder_for_index(self.info["model"], encoder) if encoder is not None else None
@@ -67,7 +63,7 @@ class SearchIndex:
         return self._encoder
 
     def __len__(self) -> int:
-        return int(self.ann.ntotal)
+        return self.backend.count()
 
     # ---- search ---------------------------------------------------------------------------
     def search_vector(self, vector: np.ndarray, k: int = 10, exclude: int | None = None, bbox=None) -> list[dict]:
@@ -75,45 +71,21 @@ class SearchIndex:
         keeps only items whose footprint meets that lon/lat box."""
         if not 1 <= int(k) <= MAX_K:
             raise ConfigError(f"k={k}: must be between 1 and {MAX_K}")
-        q = np.ascontiguousarray(np.asarray(vector, np.float32).reshape(1, self.dim))
         k, box = int(k), BBox.parse(bbox)
-        if box is None:
-            return self._ranked(*self._ann_search(q, k, exclude))
-        allowed = self.store.ids_in_bbox(box)
-        if len(allowed) <= EXACT_FILTER_LIMIT:
-            # a small area: score its items exactly from their stored vectors
-            ids, vecs = self.store.vectors_of([i for i in allowed if i != exclude], self.dim)
-            scores = vecs @ q[0]
-            order = np.lexsort((ids, -scores))[:k]
-            found = [(int(ids[j]), float(scores[j])) for j in order]
-            return self._ranked(found, self.store.items([i for i, _ in found]))
-        return self._ranked(*self._ann_search(q, k, exclude, allowed=set(allowed)))
-
-    def _ann_search(self, q: np.ndarray, k: int, exclude: int | None, allowed: set[int] | None = None):
-        """([(id, score)], their items) from the ANN index, looking further until k hits are live
-        (and inside `allowed`) or everything has been seen."""
-        total = max(len(self), 1)
-        want = k + (1 if exclude is not None else 0)
-        if allowed is not None:  # expect the area's share of the ranking
-            want = int(want * total / max(len(allowed), 1)) + 1
-        fetch = min(want, total)
+        vector = np.asarray(vector, np.float32).reshape(self.dim)
+        n, total = k, max(len(self), 1)
         while True:
-            scores, ids = self.ann.search(q, fetch)
-            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0])
-                     if i >= 0 and i != exclude and (allowed is None or int(i) in allowed)]
-            meta = self.store.items([i for i, _ in pairs])
+            found = self.backend.search(vector, n, exclude=exclude, bbox=box)
+            meta = self.store.items([i for i, _ in found])
             # A vector whose item is gone: a re-index that removed or changed files was interrupted
-            # before it published the new FAISS file (the old one is still served). Skip it and
+            # before it published the new vectors (the old ones are still served). Skip it and
             # look further, so the caller still gets k live hits.
-            live = [(i, s) for i, s in pairs if i in meta]
-            if len(live) >= k or fetch >= total:
-                return live[:k], meta
-            fetch = min(total, 2 * fetch + (len(pairs) - len(live)))
-
-    @staticmethod
-    def _ranked(found: list[tuple[int, float]], meta: dict[int, dict]) -> list[dict]:
+            live = [(i, s) for i, s in found if i in meta]
+            if len(live) >= k or len(found) < n or n >= total:
+                break
+            n = min(total, 2 * n + (len(found) - len(live)))
         return [{"rank": rank, "score": round(s, 6), **_public_item(meta[i])}
-                for rank, (i, s) in enumerate([f for f in found if f[0] in meta], 1)]
+                for rank, (i, s) in enumerate(live[:k], 1)]
 
     def search_text(self, text: str, k: int = 10, bbox=None) -> list[dict]:
         text = (text or "").strip()
@@ -225,7 +197,9 @@ class SearchIndex:
 
     def summary(self) -> dict:
         return {"items": len(self), "model": self.info["model"].get("name"), "embed_dim": self.dim,
-                "index_type": self.info.get("faiss", {}).get("type"), "counts": self.info.get("counts"),
+                "backend": self.backend.kind,
+                "index_type": self.info.get("faiss", self.info.get("backend", {}).get("index", {})).get("type"),
+                "counts": self.info.get("counts"),
                 "created": self.info.get("created"), "updated": self.info.get("updated")}
 
 

@@ -150,6 +150,13 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
                 "(vectors of different models or tilings cannot share an index)")
         store.set_meta("settings", settings)
         backend = backend or store.get_meta("backend") or {"kind": "faiss"}
+        if backend["kind"] == "milvus":
+            # every writer of a shared collection owns an id range: shards write side by side
+            from priorclip.search.backends.milvus_backend import ID_RANGE
+
+            rank = shard[0] if shard is not None else 0
+            backend = {**backend, "id_range": [rank * ID_RANGE, (rank + 1) * ID_RANGE]}
+            store.start_ids_at(rank * ID_RANGE)
         store.set_meta("backend", backend)
         created = store.get_meta("created") or _now()
         store.set_meta("created", created)
@@ -201,9 +208,22 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
         log(f"[index] {len(found)} files: {unchanged} unchanged, {planned} new or changed, "
             f"{failed_now} unreadable, {len(gone)} removed; {len(pending)} items to embed"
             + (f" ({revived} allowed and {dropped} dropped by --min-valid {min_valid})" if revived or dropped else ""))
-        stats = embed_items(encoder, pending, store.commit_batch, batch_size=batch_size, workers=workers,
+        commit = store.commit_batch
+        if backend["kind"] == "milvus":  # each batch goes to the shared collection as soon as it is stored
+            from priorclip.search.backends.milvus_backend import MilvusBackend
+
+            engine = MilvusBackend.create_or_open(backend, int(model["embed_dim"]), store)
+
+            def commit(ids, vectors, failures=(), **kw):
+                store.commit_batch(ids, vectors, failures, **kw)
+                engine.write_batch(ids, vectors)
+                written[0] += len(ids)
+        written = [0]
+        stats = embed_items(encoder, pending, commit, batch_size=batch_size, workers=workers,
                             progress=progress, min_valid=min_valid)
         info, index = _finish(store, out, model, settings, index_type, created, log, backend=backend)
+        if backend["kind"] == "milvus":  # rows this run wrote: its batches, and what the final sync added
+            info["backend"]["last_sync"]["written"] = written[0] + info["backend"]["last_sync"]["inserted"]
         info["last_run"] = {
             "files_found": len(found), "files_unchanged": unchanged, "files_planned": planned,
             "files_removed": len(gone), "embedded": stats["embedded"], "failed": stats["failed"] + failed_now,

@@ -76,7 +76,7 @@ class SearchIndex:
         n, total = k, max(len(self), 1)
         while True:
             found = self.backend.search(vector, n, exclude=exclude, bbox=box)
-            meta = self.store.items([i for i, _ in found])
+            meta = self._items([i for i, _ in found])
             # A vector whose item is gone: a re-index that removed or changed files was interrupted
             # before it published the new vectors (the old ones are still served). Skip it and
             # look further, so the caller still gets k live hits.
@@ -103,13 +103,36 @@ class SearchIndex:
     def search_similar(self, item_id: int, k: int = 10, bbox=None) -> list[dict]:
         """Items like a stored one, from its stored vector (no decoding, no model call)."""
         vec = self.store.vector(item_id, self.dim)
+        if vec is None and hasattr(self.backend, "vector"):
+            vec = self.backend.vector(item_id)
         if vec is None:
             raise KeyError(item_id)
         return self.search_vector(vec, k, exclude=int(item_id), bbox=bbox)
 
     # ---- items ----------------------------------------------------------------------------
+    def _items(self, ids: list[int]) -> dict[int, dict]:
+        """Item records from items.sqlite, and, for a collection shared by several indexers
+        (shards of a distributed run), the others' items from the backend; their folders become
+        known roots under their own path."""
+        meta = self.store.items(ids)
+        missing = [i for i in ids if i not in meta]
+        if missing and hasattr(self.backend, "items"):
+            for i, item in self.backend.items(missing).items():
+                if item["root_id"]:
+                    self.roots.setdefault(item["root_id"], os.path.normpath(item["root_id"]))
+                meta[i] = item
+        return meta
+
+    def _scene_record(self, scene_id: int) -> dict | None:
+        s = self.store.scene(scene_id)
+        if s is None and hasattr(self.backend, "scene"):
+            s = self.backend.scene(scene_id)
+            if s is not None and s["root_id"]:
+                self.roots.setdefault(s["root_id"], os.path.normpath(s["root_id"]))
+        return s
+
     def item(self, item_id: int) -> dict | None:
-        item = self.store.item(item_id)
+        item = self._items([int(item_id)]).get(int(item_id))
         return None if item is None or not item["embedded"] else _public_item(item)
 
     def resolve_path(self, item: dict) -> str:
@@ -138,7 +161,7 @@ class SearchIndex:
         replaced in place is read again (issue #16.4)."""
         if size not in THUMB_SIZES:
             raise ConfigError(f"size={size}: choose one of {', '.join(map(str, THUMB_SIZES))}")
-        item = self.store.item(item_id)
+        item = self._items([int(item_id)]).get(int(item_id))
         if item is None or not item["embedded"]:
             raise KeyError(item_id)
         path = self.resolve_path(item)
@@ -153,7 +176,7 @@ class SearchIndex:
         return data
 
     def scene(self, scene_id: int) -> dict | None:
-        s = self.store.scene(scene_id)
+        s = self._scene_record(scene_id)
         if s is None:
             return None
         return {"scene_id": s["scene_id"], "name": os.path.basename(s["path"]),
@@ -164,7 +187,7 @@ class SearchIndex:
     def scene_overview(self, scene_id: int, side: int = OVERVIEW_SIDE) -> tuple[bytes, tuple[int, int]]:
         """Downsampled whole scene as JPEG, plus its (width, height) in pixels; path check and
         cache key as in `thumbnail`."""
-        s = self.store.scene(scene_id)
+        s = self._scene_record(scene_id)
         if s is None:
             raise KeyError(scene_id)
         path = self.resolve_path({"root_id": s["root_id"], "path": s["path"]})

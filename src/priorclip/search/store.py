@@ -297,6 +297,16 @@ class Store:
             self._local.con = None
 
     # ---- metadata -------------------------------------------------------------------------
+    def start_ids_at(self, first: int) -> None:
+        """Make new file and item ids count from `first` (a shard's own range), unless they are past it."""
+        with self.conn:
+            for table in ("files", "items"):
+                row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name=?", (table,)).fetchone()
+                if row is None:
+                    self.conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)", (table, first))
+                elif row[0] < first:
+                    self.conn.execute("UPDATE sqlite_sequence SET seq=? WHERE name=?", (first, table))
+
     def get_meta(self, key: str, default=None):
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
@@ -526,6 +536,6 @@ def _item_dict(r: sqlite3.Row) -> dict:
         "scene_size": [r["width"], r["height"]] if r["file_kind"] == "scene" else None,
         "stretch": json.loads(r["stretch"]) if r["stretch"] else None,
         "rgb": json.loads(r["rgb"]) if r["rgb"] else None,
-        "valid_fraction": r["valid_fraction"],
+        "valid_fraction": r["valid_fraction"], "bands": r["bands"], "dtype": r["dtype"],
         "embedded": r["state"] == 1,
     }

@@ -22,6 +22,9 @@ DEFAULT_INDEX = {"type": "HNSW", "params": {"M": 32, "efConstruction": 200}, "se
 _SEARCH_DEFAULTS = {"HNSW": {"ef": 128}, "IVF_FLAT": {"nprobe": 16}, "IVF_PQ": {"nprobe": 16},
                     "IVF_SQ8": {"nprobe": 16}, "GPU_IVF_FLAT": {"nprobe": 16}, "GPU_IVF_PQ": {"nprobe": 16}}
 MAX_TOPK = 16_384  # Milvus's limit on the hits of one search
+# Item and file ids of shard r of a distributed run start at r * ID_RANGE, so every writer of a
+# shared collection owns its own id range (and deletes only inside it).
+ID_RANGE = 1 << 40
 EXACT_FILTER_LIMIT = 50_000  # an area with at most this many items is searched by an id list
 _BATCH = 2_000
 
@@ -125,19 +128,25 @@ class MilvusBackend:
                 schema.add_field(f, DataType.DOUBLE, nullable=True)
             schema.add_field("footprint", DataType.VARCHAR, max_length=4096, nullable=True)
             schema.add_field("valid_fraction", DataType.FLOAT, nullable=True)
+            schema.add_field("root", DataType.VARCHAR, max_length=4096)  # the indexed folder it lies in
+            schema.add_field("extra", DataType.JSON)  # what reading it back needs: stretch, bands, scene size
             index = client.prepare_index_params()
             index.add_index("vector", index_type=spec["index"]["type"], metric_type="IP",
                             params=spec["index"]["params"])
             try:
                 client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
             except Exception as exc:
-                raise ConfigError(f"Milvus refused collection {name!r} with index {spec['index']}: {exc}") from None
+                if not client.has_collection(name):  # not another worker creating it at the same moment
+                    raise ConfigError(f"Milvus refused collection {name!r} with index {spec['index']}: {exc}") from None
         client.load_collection(name)
         return cls(spec, dim, store, client)
 
     # ---- writing -----------------------------------------------------------------------------
     def _ids(self) -> set[int]:
-        it = self.client.query_iterator(self.collection, batch_size=16_384, output_fields=["id"])
+        """The ids of this writer's range (each shard of a distributed run owns one: `id_range`)."""
+        lo, hi = self.spec.get("id_range", [0, ID_RANGE])
+        it = self.client.query_iterator(self.collection, batch_size=16_384, output_fields=["id"],
+                                        filter=f"id >= {int(lo)} and id < {int(hi)}")
         ids: set[int] = set()
         try:
             while True:
@@ -148,6 +157,17 @@ class MilvusBackend:
         finally:
             it.close()
 
+    def write_batch(self, ids: list[int], vectors: np.ndarray) -> None:
+        """Upsert a batch the indexer just committed to items.sqlite, so that the shared collection
+        grows while the run goes on (idempotent: a rerun after a kill writes it again)."""
+        if not len(ids):
+            return
+        items = self.store.items([int(i) for i in ids])
+        roots = self.store.roots()
+        rows = [_row(int(i), v, items[int(i)], roots) for i, v in zip(ids, vectors) if int(i) in items]
+        if rows:
+            self.client.upsert(self.collection, rows)
+
     def sync(self, log=print) -> dict:
         """Make the collection hold exactly the catalogue's embedded items: insert those it lacks,
         delete those the catalogue no longer has (removed or changed files). Unchanged items are
@@ -155,13 +175,14 @@ class MilvusBackend:
         have = self._ids()
         seen: set[int] = set()
         inserted = 0
+        roots = self.store.roots()
         for ids, vecs in self.store.iter_vectors(self.dim, chunk=_BATCH):
             seen.update(int(i) for i in ids)
             new = [k for k, i in enumerate(ids) if int(i) not in have]
             if not new:
                 continue
             items = self.store.items([int(ids[k]) for k in new])
-            rows = [_row(int(ids[k]), vecs[k], items[int(ids[k])]) for k in new if int(ids[k]) in items]
+            rows = [_row(int(ids[k]), vecs[k], items[int(ids[k])], roots) for k in new if int(ids[k]) in items]
             self.client.insert(self.collection, rows)
             inserted += len(rows)
         gone = sorted(have - seen)
@@ -171,6 +192,33 @@ class MilvusBackend:
         log(f"[index] Milvus {self.spec['uri']} / {self.collection}: {inserted} inserted, {len(gone)} deleted, "
             f"{len(seen)} in the collection")
         return {"inserted": inserted, "deleted": len(gone), "count": len(seen)}
+
+    # ---- reading back (items another writer of a shared collection indexed) -------------------
+    def items(self, ids: list[int]) -> dict[int, dict]:
+        """Item records (shaped as items.sqlite's) of the given ids, from the collection."""
+        if not ids:
+            return {}
+        rows = self.client.query(self.collection, filter=f"id in {[int(i) for i in ids]}", output_fields=_META)
+        return {int(r["id"]): _item(r) for r in rows}
+
+    def vector(self, item_id: int) -> np.ndarray | None:
+        rows = self.client.query(self.collection, filter=f"id == {int(item_id)}", output_fields=["vector"])
+        return np.asarray(rows[0]["vector"], np.float32) if rows else None
+
+    def scene(self, scene_id: int) -> dict | None:
+        """A scene's record (as `Store.scene`) from its tiles' rows."""
+        rows = self.client.query(self.collection, filter=f"scene_id == {int(scene_id)}", output_fields=_META,
+                                 limit=16_384)
+        if not rows:
+            return None
+        first, extra = _item(rows[0]), rows[0]["extra"]
+        boxes = np.array([[r["minlon"], r["minlat"], r["maxlon"], r["maxlat"]] for r in rows
+                          if r.get("minlon") is not None], dtype=np.float64)
+        bounds = ([*map(float, boxes[:, :2].min(0)), *map(float, boxes[:, 2:].max(0))] if len(boxes) else None)
+        width, height = extra.get("scene_size") or (None, None)
+        return {"scene_id": int(scene_id), "path": first["path"], "root_id": first["root_id"], "width": width,
+                "height": height, "crs": first["crs"], "bands": extra.get("bands"), "dtype": extra.get("dtype"),
+                "stretch": extra.get("stretch"), "rgb": extra.get("rgb"), "tiles": len(rows), "bounds": bounds}
 
     # ---- searching ---------------------------------------------------------------------------
     def count(self) -> int:
@@ -215,11 +263,30 @@ def _candidate(r: dict) -> tuple[int, str | None, str]:
     return int(r["id"]), r.get("footprint"), json.dumps([r["minlon"], r["minlat"], r["maxlon"], r["maxlat"]])
 
 
-def _row(item_id: int, vector: np.ndarray, item: dict) -> dict:
+_META = ["id", "path", "kind", "scene_id", "window", "crs", "minlon", "minlat", "maxlon", "maxlat", "footprint",
+         "valid_fraction", "root", "extra"]
+
+
+def _row(item_id: int, vector: np.ndarray, item: dict, roots: dict[int, str]) -> dict:
     """One collection row: the vector and the item's metadata (as in items.sqlite)."""
     bounds = item.get("bounds") or [None] * 4
+    extra = {"raster": item.get("raster"), "stretch": item.get("stretch"), "rgb": item.get("rgb"),
+             "scene_size": item.get("scene_size"), "bands": item.get("bands"), "dtype": item.get("dtype")}
     return {"id": item_id, "vector": np.asarray(vector, np.float32).tolist(), "path": item["path"],
             "kind": item["kind"], "scene_id": item.get("scene_id"), "window": item.get("window"),
             "crs": item.get("crs"), "minlon": bounds[0], "minlat": bounds[1], "maxlon": bounds[2],
             "maxlat": bounds[3], "footprint": json.dumps(item["footprint"]) if item.get("footprint") else None,
-            "valid_fraction": item.get("valid_fraction")}
+            "valid_fraction": item.get("valid_fraction"), "root": roots.get(item.get("root_id"), ""), "extra": extra}
+
+
+def _item(r: dict) -> dict:
+    """A collection row back as an item record; its root is named by path (`root_id` is the
+    folder itself), since another writer's root ids mean nothing here."""
+    extra = r.get("extra") or {}
+    bounds = [r["minlon"], r["minlat"], r["maxlon"], r["maxlat"]] if r.get("minlon") is not None else None
+    return {"id": int(r["id"]), "kind": r["kind"], "path": r["path"], "root_id": r.get("root") or None,
+            "window": r.get("window"), "bounds": bounds,
+            "footprint": json.loads(r["footprint"]) if r.get("footprint") else None, "crs": r.get("crs"),
+            "raster": bool(extra.get("raster")), "scene_id": r.get("scene_id"), "scene_size": extra.get("scene_size"),
+            "stretch": extra.get("stretch"), "rgb": extra.get("rgb"), "valid_fraction": r.get("valid_fraction"),
+            "embedded": True}

@@ -25,7 +25,7 @@ from search_support import STUB, StubModel, make_geotiff, write_raster
 pytestmark = pytest.mark.shared
 
 
-def _serve(root, ucm_images):
+def _serve(root, ucm_images, backend="faiss"):
     archive = root / "archive"
     for i, f in enumerate(ucm_images):
         sub = archive / ("a" if i % 2 else "b")
@@ -34,22 +34,33 @@ def _serve(root, ucm_images):
     make_geotiff(archive / "scene.tif", 600, 400)
     encoder = ModelEncoder(StubModel())
     out = root / "idx"
-    build_index([archive], out, encoder, model_spec=STUB, batch_size=16, progress=False, log=lambda *_: None)
+    spec = None
+    if backend == "milvus":
+        from priorclip.search.backends.milvus_backend import milvus_spec
+
+        spec = milvus_spec(str(root / "lite.db"), out, index_type="FLAT")
+    build_index([archive], out, encoder, model_spec=STUB, batch_size=16, backend=spec, progress=False,
+                log=lambda *_: None)
     idx = SearchIndex(out, encoder=encoder)
     app = create_app(idx, max_upload_bytes=200_000)
     return TestClient(app, raise_server_exceptions=False), idx, archive
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, ucm_images):
+# every test of this module runs on both vector backends (Milvus Lite: in-process, on a file)
+BACKENDS = ["faiss", pytest.param("milvus", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("pymilvus") is None, reason="pymilvus + milvus-lite not installed"))]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(tmp_path_factory, ucm_images, request):
     """One index for the read-only tests of this module."""
-    return _serve(tmp_path_factory.mktemp("served"), ucm_images)
+    return _serve(tmp_path_factory.mktemp("served"), ucm_images, request.param)
 
 
-@pytest.fixture
-def fresh_served(tmp_path, ucm_images):
+@pytest.fixture(params=BACKENDS)
+def fresh_served(tmp_path, ucm_images, request):
     """A private index for a test that tampers with the archive."""
-    return _serve(tmp_path, ucm_images)
+    return _serve(tmp_path, ucm_images, request.param)
 
 
 def _jpeg_bytes(path) -> bytes:

@@ -327,3 +327,45 @@ def test_rebuild_ann_switches_type_without_reembedding(archive, tmp_path, stub_e
     idx = SearchIndex(out, encoder=stub_encoder)
     assert [h["id"] for h in idx.search_image(q, k=5)] == before
     assert idx.search_image(q, k=1)[0]["score"] == pytest.approx(1.0, abs=1e-6)  # float32: exact self-match
+
+
+class _VectorsOnDisk:
+    """The part of a Store an `ivfpq` search reads: float32 vectors by id."""
+
+    def __init__(self, ids, x):
+        self.row = {int(i): r for r, i in enumerate(ids)}
+        self.x = x
+
+    def vectors_of(self, ids, dim):
+        ids = [i for i in ids if i in self.row]
+        return np.array(ids, dtype=np.int64), self.x[[self.row[i] for i in ids]]
+
+
+def test_ivfpq_keeps_codes_in_ram_and_reranks_exactly_from_disk(tmp_path):
+    from priorclip.search.backends.faiss_backend import FaissBackend
+    from priorclip.search.store import write_faiss
+
+    rng = np.random.default_rng(0)  # 40 clusters of 500: neighbours exist, as in real embeddings
+    centres = rng.normal(size=(40, 64))
+    x = (np.repeat(centres, 500, axis=0) + 0.35 * rng.normal(size=(20_000, 64))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(7, 20_007, dtype=np.int64)
+    index, params = ann.build(x, ids, "ivfpq")
+    assert params["pq_bytes"] == 8 and params["refine"] == ann.IVFPQ_REFINE
+    with open(tmp_path / "vectors.faiss", "wb") as fh:
+        write_faiss(index, fh)
+    assert (tmp_path / "vectors.faiss").stat().st_size < x.nbytes / 4  # codes, not vectors
+    raw = ann.recall_at_k(index, x, ids, k=10, n_queries=200)  # the compressed ranking alone
+    refined = ann.recall_at_k(index, x, ids, k=10, n_queries=200, params=params)
+    assert refined >= 0.95 and refined > raw + 0.1, (raw, refined)
+
+    backend = FaissBackend(tmp_path, {"embed_dim": 64, "faiss": {**params, "file": "vectors.faiss"}},
+                           _VectorsOnDisk(ids, x))
+    q = x[123]
+    hits = backend.search(q, 10)
+    truth = ann.exact_topk(q[None], x, ids, 10)[0]
+    assert hits[0] == (130, pytest.approx(1.0, abs=1e-5))  # itself, with its exact score
+    assert len({i for i, _ in hits} & set(truth.tolist())) >= 9
+    assert [s for _, s in hits] == pytest.approx(sorted((float(x[i - 7] @ q) for i, _ in hits), reverse=True))
+    with pytest.raises(ConfigError, match="at least 10,000"):
+        ann.build(x[:500], ids[:500], "ivfpq")

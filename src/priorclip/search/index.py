@@ -277,7 +277,7 @@ def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: st
         index, params = ann.build(vecs, ids, index_type)
         params["build_seconds"] = round(time.perf_counter() - t, 3)
         if index_type != "flat":
-            params["recall_at_10"] = ann.recall_at_k(index, vecs, ids, k=10)
+            params["recall_at_10"] = ann.recall_at_k(index, vecs, ids, k=10, params=params)
             log(f"[index] {index_type} recall@10 against exact search: {params['recall_at_10']:.3f} "
                 f"({len(ids)} vectors)" if params["recall_at_10"] is not None else "[index] empty index")
         else:

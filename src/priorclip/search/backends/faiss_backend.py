@@ -21,7 +21,8 @@ class FaissBackend:
         faiss_file = Path(directory) / info.get("faiss", {}).get("file", FAISS_NAME)
         if not faiss_file.is_file():
             raise DataError(f"{faiss_file} not found: rebuild the index with `priorclip index`")
-        self.ann = ann.load(faiss_file, info.get("faiss"))
+        self.params = info.get("faiss") or {}
+        self.ann = ann.load(faiss_file, self.params)
         self.store = store
         self.dim = int(info["embed_dim"])
 
@@ -49,9 +50,20 @@ class FaissBackend:
             want = int(want * total / max(len(allowed), 1)) + 1
         fetch = min(want, total)
         while True:
-            scores, ids = self.ann.search(q, fetch)
-            found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0])
+            scores, ids = self._search(q, fetch)
+            found = [(int(i), float(s)) for i, s in zip(ids, scores)
                      if i >= 0 and i != exclude and (allowed is None or int(i) in allowed)]
             if len(found) >= n or fetch >= total:
                 return found[:n]
             fetch = min(total, 2 * fetch)
+
+    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The index's top k; for `ivfpq`, refine x k compressed candidates re-ranked exactly with
+        their stored float32 vectors."""
+        candidates = ann.refine_count(self.params, k)
+        if candidates is None:
+            scores, ids = self.ann.search(q, k)
+            return scores[0], ids[0]
+        _, cand = self.ann.search(q, min(candidates, self.count()))
+        ids, vecs = self.store.vectors_of([int(i) for i in cand[0] if i >= 0], self.dim)
+        return ann.rerank(q[0], ids, vecs, k)

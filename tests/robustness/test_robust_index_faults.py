@@ -30,28 +30,10 @@ from priorclip.search.query import SearchIndex
 
 SEARCH_TESTS = Path(__file__).resolve().parents[1] / "search"
 sys.path.insert(0, str(SEARCH_TESTS))
-from search_support import STUB, StubModel  # the search tests' stand-in encoder
+from search_support import INDEX_CHILD, STUB, StubModel  # the search tests' stand-in encoder
 
 OLD, NEW = 12, 44  # images before and after the archive grows
 PUBLISHED = ("vectors.faiss", "report.json", "index.json")
-
-# `priorclip index` in a child process, with the test stand-in encoder registered under its name and
-# slowed by SLOW_BATCH_S seconds per batch so that a kill lands while batches are being committed.
-CHILD = r"""
-import os, sys, time
-sys.path.insert(0, os.environ["SEARCH_TESTS"])
-from search_support import STUB, StubModel
-from priorclip.search.encoders import ModelEncoder, register_encoder
-
-class Slow(ModelEncoder):
-    def embed_images(self, batch):
-        time.sleep(float(os.environ.get("SLOW_BATCH_S") or 0))
-        return super().embed_images(batch)
-
-register_encoder(STUB, lambda: Slow(StubModel()))
-from priorclip.cli.main import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 @pytest.fixture
@@ -131,7 +113,7 @@ def test_kill_9_mid_reindex_keeps_the_old_index_and_a_rerun_resumes(tmp_path, st
     argv = ["index", str(folder), "--model", STUB, "--out", str(out), "--batch-size", "2", "--workers", "1",
             "--no-progress"]
     env = {**os.environ, "SEARCH_TESTS": str(SEARCH_TESTS), "SLOW_BATCH_S": "0.15"}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, *argv], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", INDEX_CHILD, *argv], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     committed = 0
     try:

@@ -140,3 +140,23 @@ def write_raster(path: Path, data: np.ndarray, *, crs="EPSG:32633", origin=(5000
             if mask is not None:
                 ds.write_mask(np.where(mask, 255, 0).astype(np.uint8))
     return path
+
+
+# `priorclip index` in a child process, with the stand-in encoder registered under its name and
+# slowed by SLOW_BATCH_S seconds per batch (environment) so that a kill lands while batches are
+# being committed; SEARCH_TESTS names this folder. Run as [sys.executable, "-c", INDEX_CHILD, *argv].
+INDEX_CHILD = r"""
+import os, sys, time
+sys.path.insert(0, os.environ["SEARCH_TESTS"])
+from search_support import STUB, StubModel
+from priorclip.search.encoders import ModelEncoder, register_encoder
+
+class Slow(ModelEncoder):
+    def embed_images(self, batch):
+        time.sleep(float(os.environ.get("SLOW_BATCH_S") or 0))
+        return super().embed_images(batch)
+
+register_encoder(STUB, lambda: Slow(StubModel()))
+from priorclip.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""

@@ -21,25 +21,9 @@ pytest.importorskip("pymilvus", reason="the Milvus backend needs pymilvus + milv
 from priorclip.search.index import build_index, part_dir  # noqa: E402
 from priorclip.search.query import SearchIndex  # noqa: E402
 
-from search_support import STUB, make_geotiff  # noqa: E402
+from search_support import INDEX_CHILD, STUB, make_geotiff  # noqa: E402
 
 SEARCH_TESTS = Path(__file__).resolve().parent
-# `priorclip index` in a child process with the stand-in encoder, slowed per batch so a kill lands mid-run
-CHILD = r"""
-import os, sys, time
-sys.path.insert(0, os.environ["SEARCH_TESTS"])
-from search_support import STUB, StubModel
-from priorclip.search.encoders import ModelEncoder, register_encoder
-
-class Slow(ModelEncoder):
-    def embed_images(self, batch):
-        time.sleep(float(os.environ.get("SLOW_BATCH_S") or 0))
-        return super().embed_images(batch)
-
-register_encoder(STUB, lambda: Slow(StubModel()))
-from priorclip.cli.main import main
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 @pytest.fixture
@@ -101,7 +85,7 @@ def test_two_workers_write_one_collection_survive_kill_9_and_serve_from_any_part
     common = [str(archive), "--model", STUB, "--out", str(parts), "--tile-size", "128", "--batch-size", "2",
               "--workers", "1", "--no-progress", "--backend", "milvus", "--uri", milvus_server]
     env = {**os.environ, "SEARCH_TESTS": str(SEARCH_TESTS), "SLOW_BATCH_S": "0.3"}
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, "index", *common, "--shard", f"{r}/2"], env=env,
+    procs = [subprocess.Popen([sys.executable, "-c", INDEX_CHILD, "index", *common, "--shard", f"{r}/2"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True) for r in (0, 1)]
     part1 = part_dir(parts, 1, 2)
     try:

@@ -17,7 +17,7 @@ def test_chance_levels_match_a_random_ranking():
 
 @pytest.mark.slow
 def test_demo_end_to_end_small(tmp_path, capsys):
-    settings = DemoSettings(out=tmp_path / "demo", n_per_class=10, image_size=64, filter_size=4, prior_epochs=3,
+    settings = DemoSettings(out=tmp_path / "demo", n_per_class=10, image_size=64, prior_epochs=3,
                             epochs=5, batch_size=16, workers=0)
     summary = run_demo(settings)
     out = capsys.readouterr().out

@@ -1,7 +1,8 @@
 """`priorclip demo`: the whole pipeline end to end, on built-in synthetic data or a real dataset.
 
-generate data -> train the prior -> train small closed-domain PriorCLIP and its baseline with the
-same budget and seed -> evaluate both on the test split (next to chance) -> index the images
+generate data -> train the prior -> train small open-domain PriorCLIP (the configuration that won
+the UCM ablation: frozen prior, stage 1 + stage 2, Attribution loss) and the same CLIP without the
+prior, with the same pairs and seed -> evaluate both on the test split (next to chance) -> index the images
 -> a few example queries -> (optionally) serve the page. Each step says what it does and how long
 it took. The built-in data is SYNTHETIC (drawn scenes with captions written from the drawing), so
 its numbers say that the pipeline works, not how PriorCLIP does on real imagery.
@@ -24,7 +25,7 @@ EXAMPLE_QUERIES = [
 
 
 #: Below this many test images the demo warns that its model comparison is mostly noise
-#: (seeds 0/1/2 of the default demo: PriorCLIP - baseline = -2.3 / +6.7 / +20.7 mR, README "Demo").
+#: (one test image moves i2t R@K by 100 / n_test points; README "Demo" shows how much seeds move it).
 SMALL_TEST_SPLIT = 200
 
 
@@ -35,9 +36,8 @@ class DemoSettings:
     labels: str | None = None  # label source for --data: prefix, csv:PATH, folder, none (default: labels.csv beside it)
     n_per_class: int = 16  # synthetic images per scene class
     image_size: int = 96  # model input size (the small configs' 128 px costs 1.8x more on CPU)
-    filter_size: int = 8  # Spatial-PAE keeps 8 of the 1 + 3x3 Swin tokens at 96 px
     prior_epochs: int = 8
-    epochs: int = 6
+    epochs: int = 6  # every model sees the same pairs; PriorCLIP's last STAGE2_EPOCHS are stage 2
     batch_size: int = 32
     workers: int = 2
     seed: int = 0
@@ -46,9 +46,13 @@ class DemoSettings:
 
 
 #: The settings that decide a demo's outputs (not where they go or how fast they are made).
-OUTPUT_SETTINGS = ("data", "labels", "n_per_class", "image_size", "filter_size", "prior_epochs", "epochs",
+OUTPUT_SETTINGS = ("data", "labels", "n_per_class", "image_size", "prior_epochs", "epochs",
                    "batch_size", "seed")
 SUMMARY = "demo_summary.json"
+#: The models the demo compares: open-domain PriorCLIP, the configuration that won the UCM ablation
+#: (README, benchmarks/ucm_from_scratch), against the same CLIP without the prior.
+PRIORCLIP_MODEL, BASELINE_MODEL = "priorclip-open-small", "priorclip-open-baseline-small"
+STAGE2_EPOCHS = 2  # of `epochs`, PriorCLIP's stage 2 (prior and text frozen)
 
 
 def _output_settings(settings: DemoSettings) -> dict:
@@ -177,25 +181,36 @@ def run_demo(settings: DemoSettings, serve: bool = False, port: int = 8000) -> d
               "tensorboard": False, "log_every": 5}
 
     with _step(settings, "2/6 train the prior (scene classifier on the train split)"):
-        prior_dir = train(recipe_from_dict({**common, "stage": "prior", "model": "priorclip-closed-small",
+        prior_dir = train(recipe_from_dict({**common, "stage": "prior", "model": PRIORCLIP_MODEL,
                                             "model_overrides": overrides,
                                             "epochs": settings.prior_epochs, "lr": 1e-3, "weight_decay": 0.05,
-                                            "warmup_steps": 5, "data": {**common["data"], "augment": False}}),
+                                            "warmup_steps": 5, "bn_recalibrate_batches": 8,
+                                            "data": {**common["data"], "augment": False}}),
                           out_dir=out / "runs" / "prior")
         prior_report = json.loads((prior_dir / "test_best.json").read_text()) if (prior_dir / "test_best.json").is_file() else {}
         if "accuracy" in prior_report:
             print(f"   prior test accuracy {prior_report['accuracy']:.1f} %")
 
     runs = {}
-    for i, (name, model) in enumerate((("priorclip", "priorclip-closed-small"), ("baseline", "priorclip-closed-baseline-small"))):
-        with _step(settings, f"{3 + i}/6 train {name} ({model}), {settings.epochs} epochs"):
-            model_overrides = overrides if name == "baseline" else {**overrides, "pae_cfg": {"filter_size": settings.filter_size}}
-            recipe = {**common, "stage": "closed", "model": model, "model_overrides": model_overrides,
-                      "epochs": settings.epochs, "lr": 3e-4,
-                      "weight_decay": 0.02, "warmup_steps": 10, "affiliation_weight": 1.0 if name == "priorclip" else 0.0}
-            if name == "priorclip":
-                recipe["prior_checkpoint"] = str(prior_dir)
-            runs[name] = train(recipe_from_dict(recipe), out_dir=out / "runs" / name)
+    stage1_epochs = max(settings.epochs - STAGE2_EPOCHS, 1)
+    with _step(settings, f"3/6 train priorclip ({PRIORCLIP_MODEL}: prior frozen, stage 1 {stage1_epochs} + "
+                         f"stage 2 {settings.epochs - stage1_epochs} epochs, Attribution loss)"):
+        stage1 = train(recipe_from_dict({**common, "stage": "pretrain", "model": PRIORCLIP_MODEL,
+                                         "model_overrides": overrides, "prior_checkpoint": str(prior_dir),
+                                         "epochs": stage1_epochs, "lr": 5e-4, "weight_decay": 0.1, "warmup_steps": 5,
+                                         "affiliation_weight": 1.0}), out_dir=out / "runs" / "priorclip-stage1")
+        if settings.epochs > stage1_epochs:  # stage 2: vision-instruction fine-tuning, prior and text frozen
+            runs["priorclip"] = train(recipe_from_dict({
+                **common, "stage": "finetune", "init_checkpoint": str(stage1 / "checkpoints" / "best"),
+                "epochs": settings.epochs - stage1_epochs, "lr": 1e-4, "weight_decay": 0.1, "warmup_steps": 0,
+                "affiliation_weight": 1.0}), out_dir=out / "runs" / "priorclip")
+        else:
+            runs["priorclip"] = stage1
+    with _step(settings, f"4/6 train baseline ({BASELINE_MODEL}: the same CLIP, no prior), {settings.epochs} epochs"):
+        runs["baseline"] = train(recipe_from_dict({**common, "stage": "pretrain", "model": BASELINE_MODEL,
+                                                   "model_overrides": overrides, "epochs": settings.epochs,
+                                                   "lr": 5e-4, "weight_decay": 0.1, "warmup_steps": 5}),
+                                 out_dir=out / "runs" / "baseline")
 
     with _step(settings, "5/6 evaluate on the test split (model selected on val)"):
         n_test = splits.get("test", 0)
@@ -239,7 +254,8 @@ def run_demo(settings: DemoSettings, serve: bool = False, port: int = 8000) -> d
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str) + "\n")  # last: marks it finished
     print(f"\nDemo finished in {summary['seconds']:.0f} s. Outputs in {out}/:")
-    print("  data/ (dataset.json, images/)   runs/prior, runs/priorclip, runs/baseline (checkpoints, logs, test reports)")
+    print("  data/ (dataset.json, images/)   runs/prior, runs/priorclip-stage1, runs/priorclip, runs/baseline "
+          "(checkpoints, logs, test reports)")
     print(f"  index/ (search index)            {SUMMARY}")
     print_next_steps(index_dir)
     if serve:

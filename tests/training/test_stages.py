@@ -86,3 +86,24 @@ def test_existing_run_dir_needs_resume(prior_run, tiny_dataset):
     r = recipe_from_dict(base_recipe(tiny_dataset, stage="prior", model="priorclip-closed-small"))
     with pytest.raises(ConfigError, match="--resume"):
         train(r, out_dir=prior_run)
+
+
+def test_precise_bn_recomputes_running_statistics_from_current_weights():
+    from priorclip.training.loop import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 2, 1), torch.nn.BatchNorm2d(2))
+    for bn in (net[1], net[4]):  # stale statistics, as after a few steps of an exponential average
+        bn.running_mean.fill_(5.0)
+        bn.running_var.fill_(9.0)
+    net.eval()
+    batches = [torch.randn(8, 3, 10, 10) * (1 + k) for k in range(3)]
+    norms = recalibrate_batchnorm(net, iter(batches))
+    assert norms == [net[1], net[4]] and not net.training  # the mode is restored
+    conv = net[0](torch.cat(batches))  # equal batch sizes: the average of batch means is the mean
+    assert torch.allclose(net[1].running_mean, conv.mean((0, 2, 3)), atol=1e-5)
+    per_batch_var = torch.stack([net[0](b).var((0, 2, 3), unbiased=True) for b in batches])
+    assert torch.allclose(net[1].running_var, per_batch_var.mean(0), rtol=1e-4)
+    assert net[1].momentum == 0.1 and int(net[1].num_batches_tracked) == 3
+    assert recalibrate_batchnorm(torch.nn.Linear(2, 2), iter([torch.zeros(1, 2)])) == []

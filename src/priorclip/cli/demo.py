@@ -6,7 +6,8 @@ from pathlib import Path
 HELP = "run the whole pipeline end to end (built-in synthetic data, or --data DIR)"
 DESCRIPTION = """\
 Generate a small SYNTHETIC aerial dataset (10 scene classes, 5 captions per image), train the
-prior, train small closed-domain PriorCLIP and its baseline with the same budget and seed,
+prior, train small open-domain PriorCLIP (frozen prior, stage 1 + 2, Attribution loss) and the same
+CLIP without the prior, with the same pairs and seed,
 evaluate both (R@1/5/10 both ways, mR, next to chance), index the images and run a few
 example queries. About 3-5 minutes on two CPU cores. Each run replaces the previous outputs in
 --out, except `--serve`, which serves a finished demo of the same settings at once (--rerun to

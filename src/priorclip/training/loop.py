@@ -127,6 +127,31 @@ def _collate(items):
     return out
 
 
+def recalibrate_batchnorm(model: nn.Module, inputs) -> list[nn.Module]:
+    """Precise BN: every BatchNorm's running statistics recomputed as a plain average over the
+    batches `inputs` yields, through `model` in train mode with the current weights (no gradient).
+    An exponential average over few training steps still carries the statistics of much earlier
+    weights, and eval mode (and a frozen prior downstream) would normalise with those."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return norms
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts the same
+    was = model.training
+    model.train()
+    try:
+        with torch.no_grad():
+            for x in inputs:
+                model(x)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was)
+    return norms
+
+
 def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int, info: DistInfo) -> list[list[int]]:
     """This rank's batches of epoch `epoch`: a function of (seed, epoch) only; incomplete batch dropped."""
     from torch.utils.data import DistributedSampler
@@ -578,6 +603,19 @@ class Trainer:
             return model.embed_image_tokens(model.visual(images), cache.features(prior, images, image_ids))
         return encode
 
+    def _recalibrate_batchnorm(self, wrapped, epoch: int) -> None:
+        """`recalibrate_batchnorm` on `bn_recalibrate_batches` train batches; rank 0's statistics
+        are shared with every rank."""
+        r = self.recipe
+        batches = epoch_batches(len(self.train_ds), r.batch_size, r.seed + 7919, epoch, self.info)
+        loader = DataLoader(wrapped, batch_sampler=batches[:r.bn_recalibrate_batches], num_workers=r.workers,
+                            collate_fn=_collate)
+        norms = recalibrate_batchnorm(self.model, (prior_input(images.to(self.device)) for images, _ in loader))
+        if self.info.enabled:
+            for m in norms:
+                for buf in (m.running_mean, m.running_var, m.num_batches_tracked):
+                    dist.broadcast(buf, 0)
+
     def _evaluate_classifier(self, model, dataset) -> dict:
         from priorclip.evaluation.encode import images_view
 
@@ -836,6 +874,8 @@ class Trainer:
                     self.save("last", {"epoch": epoch, "micro": in_epoch})
                     last_saved = self.step
             bar.close()
+            if r.stage == "prior" and r.bn_recalibrate_batches and wrapped is not None:
+                self._recalibrate_batchnorm(wrapped, epoch)
             mean_loss = float(np.mean(epoch_losses)) if epoch_losses else None
             # seconds of this epoch's training loop (data loading included, validation and saving not)
             record = {"event": "epoch", "step": self.step, "epoch": epoch, "mean_loss": mean_loss,

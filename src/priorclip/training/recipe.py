@@ -67,6 +67,10 @@ class Recipe:
     min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio
     grad_accum: int = 1
     grad_clip: float | None = 1.0  # max global grad norm; null: no clipping
+    # prior stage: recompute BatchNorm's running statistics on this many train batches with the
+    # epoch's final weights before each validation ("precise BN"; 0: off). Few steps leave the
+    # running average mixed with early weights' statistics, which eval mode and the frozen prior use.
+    bn_recalibrate_batches: int = 0
     precision: str = "fp32"
     affiliation_weight: float = 1.0  # x the Attribution loss, in every contrastive stage whose data carry scene labels
     affiliation_temperature: float | None = None  # null: closed models' learned temp2, open models' contrastive temperature
@@ -171,6 +175,8 @@ def validate(recipe: Recipe) -> Recipe:
         bad("lr", f"must be > 0, got {recipe.lr}")
     if recipe.weight_decay < 0:
         bad("weight_decay", f"must be >= 0, got {recipe.weight_decay}")
+    if recipe.bn_recalibrate_batches < 0:
+        bad("bn_recalibrate_batches", f"must be >= 0, got {recipe.bn_recalibrate_batches}")
     if recipe.grad_clip is not None and recipe.grad_clip <= 0:
         bad("grad_clip", f"must be > 0 or null, got {recipe.grad_clip}")
     if not 0 <= recipe.min_lr_ratio <= 1:

@@ -73,17 +73,18 @@ class SearchIndex:
             raise ConfigError(f"k={k}: must be between 1 and {MAX_K}")
         k, box = int(k), BBox.parse(bbox)
         vector = np.asarray(vector, np.float32).reshape(self.dim)
-        n, total = k, max(len(self), 1)
+        n = k
         while True:
             found = self.backend.search(vector, n, exclude=exclude, bbox=box)
             meta = self._items([i for i, _ in found])
             # A vector whose item is gone: a re-index that removed or changed files was interrupted
             # before it published the new vectors (the old ones are still served). Skip it and
-            # look further, so the caller still gets k live hits.
+            # look further, so the caller still gets k live hits. (Counting the vectors is a call
+            # to the engine for Milvus: only made on this rare path.)
             live = [(i, s) for i, s in found if i in meta]
-            if len(live) >= k or len(found) < n or n >= total:
+            if len(live) >= k or len(found) < n or n >= len(self):
                 break
-            n = min(total, 2 * n + (len(found) - len(live)))
+            n = min(len(self), 2 * n + (len(found) - len(live)))
         return [{"rank": rank, "score": round(s, 6), **_public_item(meta[i])}
                 for rank, (i, s) in enumerate(live[:k], 1)]
 

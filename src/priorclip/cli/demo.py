@@ -9,7 +9,7 @@ Generate a small SYNTHETIC aerial dataset (10 scene classes, 5 captions per imag
 prior, train small open-domain PriorCLIP (frozen prior, stage 1 + 2, Attribution loss) and the same
 CLIP without the prior, with the same pairs and seed,
 evaluate both (R@1/5/10 both ways, mR, next to chance), index the images and run a few
-example queries. About 3-5 minutes on two CPU cores. Each run replaces the previous outputs in
+example queries. A few minutes on two CPU cores (7 on a busy one). Each run replaces the previous outputs in
 --out, except `--serve`, which serves a finished demo of the same settings at once (--rerun to
 run it again).
 

@@ -5,6 +5,7 @@ import os
 
 from priorclip.cli.model_args import add_model_arguments
 from priorclip.search import ann
+from priorclip.search.backends import BACKENDS
 
 HELP = "embed every image under folders (GeoTIFF scenes cut into tiles) into a search index"
 DESCRIPTION = """\
@@ -57,7 +58,7 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     eng = p.add_argument_group("vector backend (default: a FAISS file in --out)")
-    eng.add_argument("--backend", choices=["faiss", "milvus"], default=None,
+    eng.add_argument("--backend", choices=list(BACKENDS), default=None,
                      help="where vectors are stored and searched; a later run keeps the index's backend (default faiss)")
     eng.add_argument("--uri", default=None,
                      help="Milvus: a file for Milvus Lite (in-process, e.g. idx.milvus.db) or http://HOST:19530")

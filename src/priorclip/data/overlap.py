@@ -45,7 +45,8 @@ ROTATIONS = (0, 90, 180, 270)  # degrees counter-clockwise; the test side is mat
 # meet a copy whose window was shifted or cropped off-centre by a few percent.
 SHIFT_SCALE = 0.8
 SHIFTS = (-0.06, -0.03, 0.0, 0.03, 0.06)
-N_SHIFTED = len(SHIFTS) ** 2 - 1
+SHIFT_OFFSETS = [(sx, sy) for sy in SHIFTS for sx in SHIFTS if sx or sy]  # (x, y) of each shifted window
+N_SHIFTED = len(SHIFT_OFFSETS)
 N_ROTATED = len(ROTATIONS) * len(CROP_SCALES)
 MAX_MULTI_INDEX_THRESHOLD = 7
 
@@ -106,34 +107,33 @@ def collect_images(spec: str | os.PathLike, images_root: str | os.PathLike | Non
 
 def _window_boxes(w: int, h: int) -> list[tuple[int, int, int, int]]:
     """Crop boxes of `variant_hashes` for an image of w x h: the centre crops, then the shifted
-    windows (SHIFT_SCALE of each side, centre moved by each of SHIFTS in x and y)."""
+    windows (SHIFT_SCALE of each side, centre moved by each of SHIFT_OFFSETS)."""
     boxes = []
     for scale in CROP_SCALES:
         dw, dh = w * (1 - scale) / 2, h * (1 - scale) / 2
         boxes.append((dw, dh, w - dw, h - dh))
     dw, dh = w * (1 - SHIFT_SCALE) / 2, h * (1 - SHIFT_SCALE) / 2
-    for sy in SHIFTS:
-        for sx in SHIFTS:
-            if sx or sy:
-                boxes.append((dw + sx * w, dh + sy * h, w - dw + sx * w, h - dh + sy * h))
+    for sx, sy in SHIFT_OFFSETS:
+        boxes.append((dw + sx * w, dh + sy * h, w - dw + sx * w, h - dh + sy * h))
     return [tuple(round(v) for v in b) for b in boxes]
+
+
+def _phash(img) -> int:
+    import imagehash
+
+    return int(str(imagehash.phash(img)), 16)
 
 
 def variant_hashes(img) -> np.ndarray:
     """phash of each variant of a PIL image, uint64 [N_VARIANTS]: for each rotation the centre
     crops (index `r * len(CROP_SCALES) + c`; entry 0 is the plain phash of the whole image), then,
     unrotated, the shifted windows."""
-    import imagehash
-
     img = img.convert("L")
     out = []
     for angle in ROTATIONS:
         rotated = img.rotate(angle, expand=True) if angle else img
-        boxes = _window_boxes(*rotated.size)
-        for box in boxes[:len(CROP_SCALES)] if angle else boxes:
-            out.append(int(str(imagehash.phash(rotated.crop(box))), 16))
-    order = list(range(len(CROP_SCALES), len(CROP_SCALES) + N_SHIFTED))  # shifted windows go last
-    out = out[:len(CROP_SCALES)] + out[len(CROP_SCALES) + N_SHIFTED:] + [out[k] for k in order]
+        out += [_phash(rotated.crop(box)) for box in _window_boxes(*rotated.size)[:len(CROP_SCALES)]]
+    out += [_phash(img.crop(box)) for box in _window_boxes(*img.size)[len(CROP_SCALES):]]
     return np.array(out, dtype=np.uint64)
 
 
@@ -152,10 +152,8 @@ def _hash_one(path: str, geometric: bool = True) -> tuple[str, np.ndarray | None
         return sha, None, msg[len(path) + 2:] if msg.startswith(path + ": ") else msg
     if geometric:
         return sha, variant_hashes(img), None
-    import imagehash
-
     whole = np.zeros(N_ROTATED + N_SHIFTED, dtype=np.uint64)
-    whole[0] = int(str(imagehash.phash(img.convert("L"))), 16)
+    whole[0] = _phash(img.convert("L"))
     return sha, whole, None
 
 
@@ -325,7 +323,7 @@ def _near_variant_pairs(train: HashedImages, other: HashedImages, threshold: int
             rotation, crops, shift = ROTATIONS[v // n_crop], [CROP_SCALES[u], CROP_SCALES[v % n_crop]], None
         else:
             rotation, crops = 0, [CROP_SCALES[u], SHIFT_SCALE]
-            shift = [(sx, sy) for sy in SHIFTS for sx in SHIFTS if sx or sy][v - N_ROTATED]
+            shift = SHIFT_OFFSETS[v - N_ROTATED]
         if self_mode:
             if i == j:
                 continue

@@ -208,7 +208,7 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
         log(f"[index] {len(found)} files: {unchanged} unchanged, {planned} new or changed, "
             f"{failed_now} unreadable, {len(gone)} removed; {len(pending)} items to embed"
             + (f" ({revived} allowed and {dropped} dropped by --min-valid {min_valid})" if revived or dropped else ""))
-        commit = store.commit_batch
+        commit, engine, written = store.commit_batch, None, [0]
         if backend["kind"] == "milvus":  # each batch goes to the shared collection as soon as it is stored
             from priorclip.search.backends.milvus_backend import MilvusBackend
 
@@ -218,10 +218,10 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
                 store.commit_batch(ids, vectors, failures, **kw)
                 engine.write_batch(ids, vectors)
                 written[0] += len(ids)
-        written = [0]
         stats = embed_items(encoder, pending, commit, batch_size=batch_size, workers=workers,
                             progress=progress, min_valid=min_valid)
-        info, index = _finish(store, out, model, settings, index_type, created, log, backend=backend)
+        info, index = _finish(store, out, model, settings, index_type, created, log, backend=backend,
+                              engine=engine)
         if backend["kind"] == "milvus":  # rows this run wrote: its batches, and what the final sync added
             info["backend"]["last_sync"]["written"] = written[0] + info["backend"]["last_sync"]["inserted"]
         info["last_run"] = {
@@ -260,16 +260,18 @@ def _publish(out: Path, index, report: dict | None, info: dict) -> None:
 
 
 def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: str, created: str, log,
-            merged_from: list[str] | None = None, backend: dict | None = None) -> tuple[dict, object]:
+            merged_from: list[str] | None = None, backend: dict | None = None,
+            engine=None) -> tuple[dict, object]:
     """index.json's content and the FAISS structure rebuilt from the stored vectors (not yet
-    written); with a Milvus backend, the collection brought in line with the catalogue instead."""
+    written); with a Milvus backend, the collection (`engine`, if the run has it open) brought in
+    line with the catalogue instead."""
     dim = int(model["embed_dim"])
     index = params = None
     if backend and backend["kind"] == "milvus":
         from priorclip.search.backends.milvus_backend import MilvusBackend
 
         t = time.perf_counter()
-        synced = MilvusBackend.create_or_open(backend, dim, store).sync(log)
+        synced = (engine or MilvusBackend.create_or_open(backend, dim, store)).sync(log)
         backend = {**backend, "last_sync": {**synced, "seconds": round(time.perf_counter() - t, 3)}}
     else:
         ids, vecs = store.all_vectors(dim)

@@ -57,9 +57,25 @@ class BBox:
         return [self.minlon, self.minlat, self.maxlon, self.maxlat]
 
 
-def footprints_intersecting(box: BBox, rows: list[tuple[int, str | None, str | None]]) -> list[int]:
-    """Ids of the candidate rows (id, footprint JSON, bounds JSON) whose footprint polygon meets the
-    box (touching counts). An item with bounds but no footprint is tested by its bounds."""
+def union_bounds(boxes) -> list[float] | None:
+    """The lon/lat box (west, south, east, north) covering `boxes` (each in the same order); None
+    for none."""
+    import numpy as np
+
+    boxes = np.asarray(list(boxes), dtype=np.float64).reshape(-1, 4)
+    if not len(boxes):
+        return None
+    return [*map(float, boxes[:, :2].min(0)), *map(float, boxes[:, 2:].max(0))]
+
+
+def _parsed(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def footprints_intersecting(box: BBox, rows: list[tuple]) -> list[int]:
+    """Ids of the candidate rows (id, footprint, bounds) whose footprint polygon meets the box
+    (touching counts); footprint and bounds as JSON text (SQLite) or lists. An item with bounds
+    but no footprint is tested by its bounds."""
     import numpy as np
     import shapely
 
@@ -68,9 +84,9 @@ def footprints_intersecting(box: BBox, rows: list[tuple[int, str | None, str | N
     shapes = []
     for _, footprint, bounds in rows:
         if footprint:
-            shapes.append(shapely.Polygon(json.loads(footprint)))
+            shapes.append(shapely.Polygon(_parsed(footprint)))
         else:
-            shapes.append(shapely.box(*json.loads(bounds)))
+            shapes.append(shapely.box(*_parsed(bounds)))
     shapes = np.array(shapes, dtype=object)
     hit = np.zeros(len(rows), dtype=bool)
     for part in box.parts():

@@ -243,12 +243,14 @@ class Store:
             self._upgrade()
             self._add_spatial_index()
         self._missing = self._missing_columns()
-        self._has_rtree = self.conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE name='items_rtree'").fetchone() is not None
+        self._has_rtree = self._rtree_exists()
+
+    def _rtree_exists(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE name='items_rtree'").fetchone() is not None
 
     def _add_spatial_index(self) -> None:
         """Create the R*Tree and its triggers; an index made before them gets its boxes filled in."""
-        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name='items_rtree'").fetchone():
+        if self._rtree_exists():
             return
         with self.conn:
             self.conn.executescript(_SPATIAL)
@@ -517,12 +519,11 @@ class Store:
         """Lon/lat box (west, south, east, north) of a whole scene, for placing its overview on a
         map: the union of its tiles' stored boxes, which cover the scene (the last tile of a row or
         column ends at its edge), failed and nodata tiles included. None if not georeferenced."""
+        from priorclip.search.spatial import union_bounds
+
         rows = self.conn.execute("SELECT bounds FROM items WHERE file_id=? AND bounds IS NOT NULL",
                                  (int(file_id),)).fetchall()
-        if not rows:
-            return None
-        boxes = np.array([json.loads(r[0]) for r in rows], dtype=np.float64)
-        return [*map(float, boxes[:, :2].min(0)), *map(float, boxes[:, 2:].max(0))]
+        return union_bounds(json.loads(r[0]) for r in rows)
 
 
 def _item_dict(r: sqlite3.Row) -> dict:

@@ -1,6 +1,7 @@
 """Where an index's vectors live and are searched: a backend ranks item ids for a query vector.
 
-Two implementations share one interface (`search`, `count`, `sync`):
+Two implementations share one search interface (`search`, `count`); Milvus also writes (its
+collection is filled batch by batch and `sync`ed at the end of an index run):
 
 * `faiss` (the default, nothing to start): the FAISS file written beside items.sqlite, rebuilt
   from the stored vectors when the index is published;

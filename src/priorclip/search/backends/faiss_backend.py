@@ -37,9 +37,8 @@ class FaissBackend:
         if len(allowed) <= EXACT_FILTER_LIMIT:
             # a small area: score its items exactly from their stored vectors
             ids, vecs = self.store.vectors_of([i for i in allowed if i != exclude], self.dim)
-            scores = vecs @ q[0]
-            order = np.lexsort((ids, -scores))[:n]
-            return [(int(ids[j]), float(scores[j])) for j in order]
+            scores, ids = ann.rerank(q[0], ids, vecs, n)
+            return [(int(i), float(s)) for i, s in zip(ids, scores)]
         return self._ranked(q, n, exclude, set(allowed))
 
     def _ranked(self, q: np.ndarray, n: int, exclude: int | None, allowed: set[int] | None = None):

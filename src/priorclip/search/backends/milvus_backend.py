@@ -14,7 +14,7 @@ import re
 import numpy as np
 
 from priorclip.errors import ConfigError, DataError
-from priorclip.search.spatial import footprints_intersecting
+from priorclip.search.spatial import footprints_intersecting, union_bounds
 
 INDEX_TYPES = ("HNSW", "IVF_FLAT", "IVF_PQ", "IVF_SQ8", "FLAT", "AUTOINDEX", "GPU_CAGRA", "GPU_IVF_FLAT", "GPU_IVF_PQ")
 DEFAULT_INDEX = {"type": "HNSW", "params": {"M": 32, "efConstruction": 200}, "search_params": {"ef": 128}}
@@ -212,9 +212,8 @@ class MilvusBackend:
         if not rows:
             return None
         first, extra = _item(rows[0]), rows[0]["extra"]
-        boxes = np.array([[r["minlon"], r["minlat"], r["maxlon"], r["maxlat"]] for r in rows
-                          if r.get("minlon") is not None], dtype=np.float64)
-        bounds = ([*map(float, boxes[:, :2].min(0)), *map(float, boxes[:, 2:].max(0))] if len(boxes) else None)
+        bounds = union_bounds([r["minlon"], r["minlat"], r["maxlon"], r["maxlat"]] for r in rows
+                              if r.get("minlon") is not None)
         width, height = extra.get("scene_size") or (None, None)
         return {"scene_id": int(scene_id), "path": first["path"], "root_id": first["root_id"], "width": width,
                 "height": height, "crs": first["crs"], "bands": extra.get("bands"), "dtype": extra.get("dtype"),
@@ -259,8 +258,8 @@ class MilvusBackend:
             limit *= 4
 
 
-def _candidate(r: dict) -> tuple[int, str | None, str]:
-    return int(r["id"]), r.get("footprint"), json.dumps([r["minlon"], r["minlat"], r["maxlon"], r["maxlat"]])
+def _candidate(r: dict) -> tuple[int, str | None, list]:
+    return int(r["id"]), r.get("footprint"), [r["minlon"], r["minlat"], r["maxlon"], r["maxlat"]]
 
 
 _META = ["id", "path", "kind", "scene_id", "window", "crs", "minlon", "minlat", "maxlon", "maxlat", "footprint",

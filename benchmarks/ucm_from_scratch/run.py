@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # results_md, flops
 from subjects import SUBJECTS, model_overrides  # noqa: E402
 
 README_START, README_END = "<!-- ucm-table:start -->", "<!-- ucm-table:end -->"
+SAVE_EVERY = 40  # steps between the resumable checkpoints of a run (and at every epoch's end)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,14 +84,13 @@ def _common(args, seed: int) -> dict:
     data = Path(args.data)
     return {"data": {"path": str(data / "dataset.json"), "labels": f"csv:{data / 'labels.csv'}", "captions": "all"},
             "batch_size": args.batch_size, "workers": args.workers, "seed": seed, "device": "cpu",
-            "precision": "fp32", "tensorboard": False, "log_every": 20, "weight_decay": args.weight_decay}
+            "precision": "fp32", "tensorboard": False, "log_every": 20, "weight_decay": args.weight_decay,
+            # a killed run continues from its last checkpoint (at most SAVE_EVERY steps lost)
+            "save_every_steps": SAVE_EVERY}
 
 
 def train_prior(args, seed: int, kind: str) -> Path:
     """The seed's prior of `kind` ("open" | "closed"), trained once as a scene classifier."""
-    from priorclip.training import train
-    from priorclip.training.recipe import recipe_from_dict
-
     run = Path(args.out) / str(seed) / f"prior-{kind}"
     if (run / "test_best.json").is_file():
         import yaml
@@ -108,17 +108,27 @@ def train_prior(args, seed: int, kind: str) -> Path:
                 overrides["vision_cfg"]["image_size"] = args.closed_prior_image_size
         recipe = {**_common(args, seed), "stage": "prior", "model": model, "model_overrides": overrides,
                   "epochs": args.prior_epochs, "lr": args.prior_lr, "weight_decay": 0.05, "warmup_steps": 20}
-        _fresh(run)
-        train(recipe_from_dict(recipe), out_dir=run)
+        _train(recipe, run)
     return run
 
 
-def _fresh(run: Path) -> None:
-    """An unfinished run directory (interrupted) is started again from nothing."""
+def _train(recipe: dict, run: Path) -> None:
+    """Train `recipe` into `run`; an interrupted run continues exactly from its last checkpoint
+    (the trainer's resume), a run directory without one is started again from nothing."""
     import shutil
 
+    from priorclip.training import train
+    from priorclip.training.checkpointing import TRAIN_STATE, find_checkpoint
+    from priorclip.training.recipe import recipe_from_dict
+
+    last = find_checkpoint(run / "checkpoints" / "last") if run.exists() else None
+    if last is not None and (last / TRAIN_STATE).is_file():
+        print(f"   resuming {run} from its last checkpoint", flush=True)
+        train(resume=run)
+        return
     if run.exists():
         shutil.rmtree(run)
+    train(recipe_from_dict(recipe), out_dir=run)
 
 
 def stage_epochs(args, stage: dict) -> int:
@@ -136,9 +146,6 @@ def chain_runs(args, seed: int, key: str) -> list[tuple[dict, Path, int]]:
 
 def run_chain(args, seed: int, key: str, spec: dict) -> dict:
     """Our trainer through the subject's stages; the last stage's val-selected checkpoint is the result."""
-    from priorclip.training import train
-    from priorclip.training.recipe import recipe_from_dict
-
     prior = None
     if spec.get("prior"):
         prior = train_prior(args, seed, spec["prior"]) if spec.get("trained_prior", True) else None
@@ -157,8 +164,7 @@ def run_chain(args, seed: int, key: str, spec: dict) -> dict:
                 elif spec.get("prior") and st["model"].startswith("priorclip-open"):
                     # untrained prior: random, but frozen like a trained one
                     recipe["model_overrides"]["vision_cfg"]["prior_frozen"] = True
-            _fresh(run)
-            train(recipe_from_dict(recipe), out_dir=run)
+            _train(recipe, run)
         stages.append(_stage_figures(run))
         init = run / "checkpoints" / "best"
     result = {"subject": key, "trainer": "priorclip", "test": json.loads((run / "test_best.json").read_text()),
@@ -168,7 +174,7 @@ def run_chain(args, seed: int, key: str, spec: dict) -> dict:
               "params_trainable": max(s["params_trainable"] for s in stages)}
     if prior is not None:
         result["prior"] = _prior_figures(prior)
-    result["pairs_per_s"] = result["pairs_seen"] / max(result["train_s"], 1e-9)
+    result["pairs_per_s"] = sum(s["pairs_timed"] for s in stages) / max(result["train_s"], 1e-9)
     return result
 
 
@@ -176,25 +182,43 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
+def _epochs(log: list[dict]) -> list[dict]:
+    """The epoch records of a run's log, the last of each epoch (a resumed run may repeat one)."""
+    return list({r["epoch"]: r for r in log if r["event"] == "epoch"}.values())
+
+
+def _wall_s(log: list[dict]) -> float:
+    """Seconds of the processes that trained a run: each from its start/resume line to its last
+    line (an interrupted process's time after its last line is not counted)."""
+    segments = [[]]
+    for r in log:
+        if r["event"] in ("start", "resume") and segments[-1]:
+            segments.append([])
+        segments[-1].append(r["time"])
+    return sum(seg[-1] - seg[0] for seg in segments if seg)
+
+
 def _stage_figures(run: Path) -> dict:
     """Pairs, training seconds (validation excluded), wall seconds and trained parameters of one
-    run, from its log."""
+    run, from its log. A run resumed mid-epoch trained the epoch's first pairs in a process that was
+    killed: they count in `pairs` but not in `pairs_timed`, the pairs `train_s` covers."""
     import yaml
 
     log = _log(run)
-    epochs = [r for r in log if r["event"] == "epoch"]
+    epochs = _epochs(log)
     start = next(r for r in log if r["event"] in ("start", "resume"))
-    end = [r for r in log if r["event"] == "end"][-1]
+    timed = sum(r["samples"] for r in epochs)
     return {"run": str(run), "stage": yaml.safe_load((run / "config.yaml").read_text())["stage"],
-            "epochs": len(epochs), "pairs": sum(r["samples"] for r in epochs),
-            "train_s": sum(r["train_s"] for r in epochs), "wall_s": end["time"] - start["time"],
+            "epochs": len(epochs), "pairs": timed + sum(r.get("samples_before_resume", 0) for r in epochs),
+            "pairs_timed": timed, "train_s": sum(r["train_s"] for r in epochs), "wall_s": _wall_s(log),
             "val_scores": [r.get("val_score") for r in epochs], "params_trainable": start["params_trainable"]}
 
 
 def _prior_figures(prior: Path) -> dict:
-    epochs = [r for r in _log(prior) if r["event"] == "epoch"]
+    epochs = _epochs(_log(prior))
     return {"run": str(prior), "test_accuracy": json.loads((prior / "test_best.json").read_text())["accuracy"],
-            "train_s": sum(r["train_s"] for r in epochs), "images_seen": sum(r["samples"] for r in epochs)}
+            "train_s": sum(r["train_s"] for r in epochs),
+            "images_seen": sum(r["samples"] + r.get("samples_before_resume", 0) for r in epochs)}
 
 
 def train_flops_per_pair(args, key: str, batch: int = 4) -> float:

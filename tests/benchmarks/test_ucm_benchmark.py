@@ -70,3 +70,37 @@ def test_readme_block_is_replaced_between_markers(bench, tmp_path):
 def test_stage_budget_arguments_are_checked(bench):
     with pytest.raises(SystemExit):
         bench.parse_args(["--epochs", "2", "--stage2-epochs", "2"])
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_continues_from_its_last_checkpoint(bench, tiny_ucm, tmp_path, monkeypatch):
+    from priorclip.training.loop import Trainer
+
+    def argv(out):
+        return ["--tiny", "--data", str(tiny_ucm), "--out", str(out), "--seeds", "0", "--epochs", "2", "--stage2-epochs", "1",
+                "--batch-size", "8", "--workers", "0", "--subjects", "clip", "--results-md", "",
+                "--json", str(tmp_path / f"{out.name}.json")]
+
+    bench.main(argv(tmp_path / "whole"))
+    whole = json.loads((tmp_path / "whole.json").read_text())["results"]["clip"]["0"]
+
+    monkeypatch.setattr(bench, "SAVE_EVERY", 3)
+    save = Trainer.save
+
+    def killed_after_a_mid_epoch_save(self, name, position, with_state=True):
+        save(self, name, position, with_state)
+        if position["micro"]:
+            raise KeyboardInterrupt  # the process dies right after its checkpoint of step 3
+    monkeypatch.setattr(Trainer, "save", killed_after_a_mid_epoch_save)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(argv(tmp_path / "cut"))
+    monkeypatch.setattr(Trainer, "save", save)
+    bench.main(argv(tmp_path / "cut"))
+
+    cut = json.loads((tmp_path / "cut.json").read_text())["results"]["clip"]["0"]
+    events = [json.loads(line)["event"] for line in (tmp_path / "cut" / "0" / "clip" / "log.jsonl").open()]
+    assert events.count("start") == 1 and events.count("resume") == 1
+    assert cut["pairs_seen"] == whole["pairs_seen"] == 2 * 7 * 8
+    assert cut["stages"][0]["pairs_timed"] == 2 * 7 * 8 - 3 * 8  # the killed process's 3 steps are not timed
+    # the trainer's resume is exact: the same weights, so the same test figures
+    assert cut["test"]["expected"] == whole["test"]["expected"]

@@ -880,6 +880,8 @@ class Trainer:
             # seconds of this epoch's training loop (data loading included, validation and saving not)
             record = {"event": "epoch", "step": self.step, "epoch": epoch, "mean_loss": mean_loss,
                       "train_s": round(time.time() - t0, 3), "samples": seen}
+            if skip:  # resumed mid-epoch: train_s and samples cover this process's part only
+                record["samples_before_resume"] = skip * r.batch_size * info.world_size
             is_last = epoch + 1 == r.epochs
             if self.val_ds is not None and ((r.eval_every and (epoch + 1) % r.eval_every == 0) or is_last):
                 if self.main:

@@ -79,7 +79,7 @@ def test_bbox_hits_are_exactly_the_best_items_meeting_the_box(two_crs_index, mon
     assert idx.store.conn.execute("SELECT COUNT(*) FROM items_rtree WHERE minlon <= ? AND maxlon >= ? AND "
                                   "minlat <= ? AND maxlat >= ?", (uw + 1e-5, uw, un, un - 1e-5)).fetchone()[0]
     assert not idx.search_vector(q, k=5, bbox=corner)
-    for limit in (faiss_backend.EXACT_FILTER_LIMIT, 0):  # exact scoring, then the filtered ANN ranking
+    for limit in (10 ** 9, 0):  # exact scoring, then the filtered ANN ranking
         monkeypatch.setattr(faiss_backend, "EXACT_FILTER_LIMIT", limit)
         for box in boxes:
             hits = idx.search_vector(q, k=7, bbox=box)
@@ -156,3 +156,30 @@ def test_bbox_in_the_api_and_the_cli(two_crs_index, stub_encoder, capsys):
     assert [h["id"] for h in out["results"]] == want and out["query"]["bbox"] == [15.21, 40.68, 15.23, 40.69]
     assert main(["search", str(idx.directory), "fields", "--bbox", "15,40,16"]) == 2
     assert "bbox" in capsys.readouterr().err
+
+
+def test_bbox_candidates_come_from_the_rtree_not_a_scan(two_crs_index):
+    """The R*Tree drives the query: SQLite's planner, left to itself, scanned every embedded item
+    and probed the tree once per item (a full scan per bbox search on a big archive)."""
+    idx = two_crs_index
+    seen: list[str] = []
+    idx.store.conn.set_trace_callback(seen.append)
+    try:
+        idx.store.ids_in_bbox(BBox(-180, -90, 180, 90))
+    finally:
+        idx.store.conn.set_trace_callback(None)
+    sql = next(s for s in seen if "items_rtree" in s)
+    plan = [r[3] for r in idx.store.conn.execute("EXPLAIN QUERY PLAN " + sql)]
+    assert plan[0].startswith("SCAN items_rtree") and "items_state" not in " ".join(plan), plan
+
+
+def test_deep_ivfpq_fetches_rerank_a_margin_not_a_multiple():
+    """A filtered ranking goes deep into an `ivfpq` index: its re-ranked candidates grow by the
+    margin of the first 100 hits, not by 30 x the depth (tests/benchmarks/test_search_archive.py
+    checks the box's hits on such an index)."""
+    from priorclip.search import ann
+
+    assert ann.refine_count({"type": "ivfpq"}, 10) == 300
+    assert ann.refine_count({"type": "ivfpq"}, 100) == 3_000
+    assert ann.refine_count({"type": "ivfpq"}, 5_000) == 5_000 + 29 * 100
+    assert ann.refine_count({"type": "flat16"}, 10) is None

@@ -67,9 +67,7 @@ def test_milvus_answers_like_faiss(both):
     assert tile["id"] not in _ids(milvus_idx.search_similar(tile["id"], k=10))
 
 
-def test_milvus_bbox_is_exact_like_faiss(both, monkeypatch):
-    from priorclip.search.backends import milvus_backend
-
+def test_milvus_bbox_is_exact_like_faiss(both):
     faiss_idx, milvus_idx, *_ = both
     tiles = [h for h in faiss_idx.search_text("fields", k=200) if h["kind"] == "tile"]
     utm = [h for h in tiles if h["crs"] == "EPSG:32633"]
@@ -81,10 +79,8 @@ def test_milvus_bbox_is_exact_like_faiss(both, monkeypatch):
                   top_left["bounds"][3]),  # inside the tile's box, outside its turned footprint
              BBox(-180, -90, 180, 90), BBox(100, -10, 101, -9)]
     q = faiss_idx.encoder.embed_texts(["fields"])[0]
-    for limit in (milvus_backend.EXACT_FILTER_LIMIT, 0):  # id list, then range filter + polygon test
-        monkeypatch.setattr(milvus_backend, "EXACT_FILTER_LIMIT", limit)
-        for box in boxes:
-            assert _ids(milvus_idx.search_vector(q, k=8, bbox=box)) == _ids(faiss_idx.search_vector(q, k=8, bbox=box)), box
+    for box in boxes:  # range filter + polygon test against FAISS's exact ranking of the area
+        assert _ids(milvus_idx.search_vector(q, k=8, bbox=box)) == _ids(faiss_idx.search_vector(q, k=8, bbox=box)), box
     assert not milvus_idx.search_vector(q, k=5, bbox=boxes[2])
     assert len(milvus_idx.search_vector(q, k=200, bbox=boxes[3])) == len(tiles)
 

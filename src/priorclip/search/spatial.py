@@ -74,21 +74,23 @@ def _parsed(value):
 
 def footprints_intersecting(box: BBox, rows: list[tuple]) -> list[int]:
     """Ids of the candidate rows (id, footprint, bounds) whose footprint polygon meets the box
-    (touching counts); footprint and bounds as JSON text (SQLite) or lists. An item with bounds
-    but no footprint is tested by its bounds."""
+    (touching counts); footprint and bounds as JSON text (SQLite) or sequences. An item with bounds
+    but no footprint is tested by its bounds. Bounds may be larger than the footprint's own box
+    (the R*Tree's outward rounding), never smaller."""
     import numpy as np
     import shapely
 
     if not rows:
         return []
-    shapes = []
-    for _, footprint, bounds in rows:
-        if footprint:
-            shapes.append(shapely.Polygon(_parsed(footprint)))
-        else:
-            shapes.append(shapely.box(*_parsed(bounds)))
-    shapes = np.array(shapes, dtype=object)
+    # a footprint lies within its bounds: bounds inside the box meet it without a polygon test
+    bounds = np.array([_parsed(b) for _, _, b in rows], dtype=np.float64).reshape(len(rows), 4)
     hit = np.zeros(len(rows), dtype=bool)
-    for part in box.parts():
-        hit |= shapely.intersects(shapes, shapely.box(*part))
+    for w, s, e, n in box.parts():
+        hit |= (bounds[:, 0] >= w) & (bounds[:, 2] <= e) & (bounds[:, 1] >= s) & (bounds[:, 3] <= n)
+    edge = np.flatnonzero(~hit)
+    if len(edge):
+        shapes = np.array([shapely.Polygon(_parsed(rows[k][1])) if rows[k][1] else shapely.box(*bounds[k])
+                           for k in edge], dtype=object)
+        for part in box.parts():
+            hit[edge] |= shapely.intersects(shapes, shapely.box(*part))
     return [rows[k][0] for k in np.nonzero(hit)[0]]

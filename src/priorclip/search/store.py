@@ -429,24 +429,44 @@ class Store:
             return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def ids_in_bbox(self, box) -> list[int]:
+    def ids_in_bbox(self, box, limit: int | None = None) -> list[int] | None:
         """Embedded items whose footprint meets the lon/lat `box` (a `spatial.BBox`): R*Tree
         candidates (or, in a read-only index made before it had one, a scan of the stored boxes),
-        then the exact polygon test."""
+        then the exact polygon test. None when the box holds more than `limit` candidates."""
         from priorclip.search.spatial import footprints_intersecting
 
         rows = []
         for minlon, minlat, maxlon, maxlat in box.parts():
             if self._has_rtree:
-                q = ("SELECT items.id, items.footprint, items.bounds FROM items_rtree JOIN items USING(id) "
-                     "WHERE items_rtree.minlon <= ? AND items_rtree.maxlon >= ? AND items_rtree.minlat <= ? "
+                # CROSS JOIN keeps the R*Tree the outer loop: with a plain JOIN SQLite's planner
+                # scans every embedded item (items_state) and probes the tree once per item
+                # the tree's own (float32, rounded outwards) box: no JSON to parse, and a box inside
+                # the query box still proves a hit (footprints_intersecting)
+                # (an item without footprint is tested by its exact stored box)
+                q = ("SELECT items.id, items.footprint, items_rtree.minlon, items_rtree.minlat, items_rtree.maxlon, "
+                     "items_rtree.maxlat, CASE WHEN items.footprint IS NULL THEN items.bounds END "
+                     "FROM items_rtree CROSS JOIN items "
+                     "ON items.id = items_rtree.id WHERE items_rtree.minlon <= ? AND items_rtree.maxlon >= ? AND items_rtree.minlat <= ? "
                      "AND items_rtree.maxlat >= ? AND items.state = 1")
             else:
                 q = ("SELECT id, footprint, bounds FROM items WHERE bounds IS NOT NULL AND state = 1 AND "
                      "json_extract(bounds, '$[0]') <= ? AND json_extract(bounds, '$[2]') >= ? AND "
                      "json_extract(bounds, '$[1]') <= ? AND json_extract(bounds, '$[3]') >= ?")
-            rows += [tuple(r) for r in self.conn.execute(q, (maxlon, minlon, maxlat, minlat))]
+            args = (maxlon, minlon, maxlat, minlat)
+            if limit is not None:
+                q, args = q + " LIMIT ?", (*args, limit + 1)
+            rows += [(r[0], r[1], (r[6] or r[2:6]) if len(r) > 3 else r[2]) for r in self.conn.execute(q, args)]
+            if limit is not None and len(rows) > limit:
+                return None
         return sorted(set(footprints_intersecting(box, list({r[0]: r for r in rows}.values()))))
+
+    def meeting(self, box, ids: list[int]) -> list[int]:
+        """Those of `ids` whose footprint meets `box` (items without georeference never do)."""
+        from priorclip.search.spatial import footprints_intersecting
+
+        rows = self.conn.execute("SELECT id, footprint, bounds FROM items WHERE id IN (SELECT value FROM json_each(?)) "
+                                 "AND bounds IS NOT NULL", (json.dumps([int(i) for i in ids]),)).fetchall()
+        return footprints_intersecting(box, [tuple(r) for r in rows])
 
     def vectors_of(self, ids: list[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors [n, dim]) of the given items that have a vector, in one query."""

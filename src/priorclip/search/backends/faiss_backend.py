@@ -1,6 +1,7 @@
 """The embedded backend: a FAISS file beside items.sqlite (see `search.ann` for the index types)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,23 @@ from priorclip.errors import DataError
 from priorclip.search import ann
 from priorclip.search.store import FAISS_NAME
 
-# A bbox holding at most this many items is ranked exactly from their stored vectors; a larger
-# one filters the ANN ranking, looking as far down it as needed.
-EXACT_FILTER_LIMIT = 50_000
+# A bbox is ranked one of two ways. Exactly from its items' stored vectors: the cost grows with the
+# items in the box (reading each one's vector and box). Or by filtering the ANN ranking, testing its
+# hits against the box as they come: the cost grows with the depth needed, about k x archive /
+# items in the box. Per item the two cost about the same (a trial on a 100k archive), so they cross
+# near sqrt(k x archive) items, taken with margin as sqrt(30 x archive): 1,700 at 100k, 5,500 at
+# 1 M, 17,000 at 10 M; the archive benchmark's bbox rows show the result (search_speed.py --archive).
+EXACT_FILTER_FACTOR = 30
+EXACT_FILTER_LIMIT: int | None = None  # a fixed limit instead (tests)
+
+
+def exact_filter_limit(total: int) -> int:
+    if EXACT_FILTER_LIMIT is not None:
+        return EXACT_FILTER_LIMIT
+    return max(1_000, int(math.sqrt(EXACT_FILTER_FACTOR * total)))
+
+
+FILTER_FIRST_FETCH = 100  # hits of the ANN ranking tested first for a large box (then doubled)
 
 
 class FaissBackend:
@@ -33,27 +48,31 @@ class FaissBackend:
         q = np.ascontiguousarray(np.asarray(vector, np.float32).reshape(1, self.dim))
         if bbox is None:
             return self._ranked(q, n, exclude)
-        allowed = self.store.ids_in_bbox(bbox)
-        if len(allowed) <= EXACT_FILTER_LIMIT:
+        allowed = self.store.ids_in_bbox(bbox, limit=exact_filter_limit(self.count()))
+        if allowed is not None:
             # a small area: score its items exactly from their stored vectors
             ids, vecs = self.store.vectors_of([i for i in allowed if i != exclude], self.dim)
             scores, ids = ann.rerank(q[0], ids, vecs, n)
             return [(int(i), float(s)) for i, s in zip(ids, scores)]
-        return self._ranked(q, n, exclude, set(allowed))
+        return self._ranked(q, n, exclude, lambda ids: self.store.meeting(bbox, ids))
 
-    def _ranked(self, q: np.ndarray, n: int, exclude: int | None, allowed: set[int] | None = None):
-        """The ANN ranking without `exclude` (and inside `allowed`), fetched as deep as needed."""
+    def _ranked(self, q: np.ndarray, n: int, exclude: int | None, keep=None):
+        """The ANN ranking without `exclude` (and, with `keep`, only the ids it keeps), fetched as
+        deep as needed."""
         total = max(self.count(), 1)
-        want = n + (1 if exclude is not None else 0)
-        if allowed is not None:  # expect the area's share of the ranking
-            want = int(want * total / max(len(allowed), 1)) + 1
-        fetch = min(want, total)
+        fetch = min(n + (1 if exclude is not None else 0) if keep is None else max(FILTER_FIRST_FETCH, 4 * n), total)
+        kept: set[int] = set()
+        tested: set[int] = set()
         while True:
             scores, ids = self._search(q, fetch)
-            found = [(int(i), float(s)) for i, s in zip(ids, scores)
-                     if i >= 0 and i != exclude and (allowed is None or int(i) in allowed)]
-            if len(found) >= n or fetch >= total:
-                return found[:n]
+            hits = [(int(i), float(s)) for i, s in zip(ids, scores) if i >= 0 and i != exclude]
+            if keep is not None:  # test only the hits a shallower fetch did not test
+                new = [i for i, _ in hits if i not in tested]
+                kept.update(keep(new))
+                tested.update(new)
+                hits = [h for h in hits if h[0] in kept]
+            if len(hits) >= n or fetch >= total:
+                return hits[:n]
             fetch = min(total, 2 * fetch)
 
     def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

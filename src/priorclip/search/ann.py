@@ -28,10 +28,17 @@ INDEX_TYPE_HELP = ("flat16 = exhaustive over float16 vectors (default; recall@10
                    "flat = exhaustive float32, bit-exact; hnsw/ivf = approximate, recall@10 reported; "
                    "ivfpq = compressed codes in RAM (d/8 bytes a vector), exact re-ranking from disk")
 IVFPQ_MIN_VECTORS = 10_000  # PQ's 256-centroid codebooks need about 39 x 256 training vectors
-# candidates re-ranked exactly: refine x k (at least IVFPQ_MIN_CANDIDATES); in a trial on clustered
+# candidates re-ranked exactly: refine x k for k <= IVFPQ_REFINE_DEPTH (at least IVFPQ_MIN_CANDIDATES); in a trial on clustered
 # synthetic vectors 10 stayed below recall@10 0.95 and 30 reached it (docs/SEARCH.md)
 IVFPQ_REFINE = 30
 IVFPQ_MIN_CANDIDATES = 300
+# the factor applies to the first 100 hits; a deeper fetch (a bbox-filtered ranking going down
+# the list) adds the same margin of candidates instead of multiplying its depth
+IVFPQ_REFINE_DEPTH = 100
+# k-means over nlist x 64 training vectors costs ~ nlist^2: 4,096 lists train in minutes where
+# 4 sqrt(n) = 12,649 at 10 M would take an hour on two cores; a search probes IVFPQ_NPROBE of them
+IVFPQ_MAX_NLIST = 4_096
+IVFPQ_NPROBE = 64
 PARALLEL_SCAN_MIN = 32_768  # below this a scan takes < 2 ms and threads cost more than they save
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
@@ -72,7 +79,7 @@ def build(vectors: np.ndarray, ids: np.ndarray, index_type: str = "flat", *, nli
         index = faiss.IndexIDMap2(inner)
         params.update(M=HNSW_M, efConstruction=ef_construction, efSearch=ef_search)
     else:
-        nlist = nlist or ivf_nlist(n)
+        nlist = nlist or (min(ivf_nlist(n), IVFPQ_MAX_NLIST) if index_type == "ivfpq" else ivf_nlist(n))
         quantizer = faiss.IndexFlatIP(d)
         if index_type == "ivfpq":
             if n < IVFPQ_MIN_VECTORS:
@@ -90,7 +97,8 @@ def build(vectors: np.ndarray, ids: np.ndarray, index_type: str = "flat", *, nli
             train = vectors[np.sort(rng.choice(n, nlist * train_per_list, replace=False))]
         if n:
             inner.train(train)
-        inner.nprobe = nprobe or min(nlist, max(8, nlist // 16))
+        default = IVFPQ_NPROBE if index_type == "ivfpq" else max(8, nlist // 16)
+        inner.nprobe = min(nlist, nprobe or default)
         index = inner
         params.update(nlist=nlist, nprobe=inner.nprobe)
     if n:
@@ -110,7 +118,8 @@ def refine_count(params: dict | None, k: int) -> int | None:
     """How many candidates an `ivfpq` search re-ranks for k hits (None: the index is not refined)."""
     if not params or params.get("type") != "ivfpq":
         return None
-    return max(int(params.get("refine", IVFPQ_REFINE)) * k, IVFPQ_MIN_CANDIDATES)
+    refine = int(params.get("refine", IVFPQ_REFINE))
+    return max(k + (refine - 1) * min(k, IVFPQ_REFINE_DEPTH), IVFPQ_MIN_CANDIDATES)
 
 
 def rerank(q: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

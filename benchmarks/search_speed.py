@@ -18,6 +18,10 @@ approximate at 1M.
     .venv/bin/python benchmarks/search_speed.py                      # ~5 minutes, prints a table
     .venv/bin/python benchmarks/search_speed.py --markdown           # also results_search.json + RESULTS.md
     .venv/bin/python benchmarks/search_speed.py --sizes 100000 --data clustered --hnsw-max 100000
+
+`--archive 1000000,10000000 --vectors runs/embeddings/ucm_views.npz` adds the archive table in the
+same run: the index's backends (FAISS flat16 / ivfpq, Milvus Lite) over an items.sqlite catalogue
+of tiles, queried by image and by text, with and without a bbox filter; see search_archive.py.
 """
 from __future__ import annotations
 
@@ -139,6 +143,51 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def archive_markdown(res: dict) -> str:
+    a = res["archive"]
+    lines = [
+        f"Archive search through the index's backends (`FaissBackend`, `MilvusBackend` on Milvus Lite "
+        f"{a.get('milvus_lite', '?')}), same run. Vectors: {a['source']}; beyond the real ones, derived vectors "
+        f"(cosine {a['target_cos']:.3f} to a real view: the median cosine between a view and its nearest other "
+        f"view). {a['queries']} image queries (held-out views of test images) and text queries (test captions); "
+        f"bbox rows: a city box (~2,000 tiles, ranked exactly) or a region box (5 % of the archive, filtered "
+        "ranking). Recall@10 against exact float32 search over the same items. RAM: FAISS, the structure "
+        "it reads into memory (its file); Milvus Lite (in-process), the growth of the process's resident memory "
+        "from opening the collection to having it filled and loaded. Disk: FAISS, the index directory (items.sqlite holds the float32 vectors the "
+        "ivfpq search re-ranks with); Milvus Lite, its database.",
+        "",
+        "| items (real) | backend, index | queries (timed) | bbox | build s | RAM MB | disk MB | p50 ms | p99 ms | recall@10 |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in a["rows"]:
+        lines.append(f"| {r['n']:,} ({r['real']:,}) | {r['backend']} | {r['queries']} ({r['timed']}) | {r['bbox']} | {r['build_s']:.1f} | "
+                     f"{r['ram_mb']:,} | {r['disk_mb']:,} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall_at_10']:.3f} |")
+    return "\n".join(lines)
+
+
+def run_archive_sizes(args, res: dict) -> None:
+    import search_archive as sa
+
+    rng = np.random.default_rng(1)
+    data = sa.load_vectors(args.vectors, args.dim, rng)
+    data["target_cos"] = sa.nearest_cosine(data["base"], rng)
+    try:
+        from importlib.metadata import version
+
+        lite = version("milvus-lite")
+    except Exception:
+        lite = None
+    res["archive"] = {"source": data["source"], "target_cos": data["target_cos"], "queries": len(data["image_q"]),
+                      "milvus_lite": lite, "rows": []}
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"\narchive: {data['source']}; derived vectors at cosine {data['target_cos']:.3f} to a real one")
+    print(f"{'N':>10} {'backend':<24} {'query':<6} {'bbox':<7} {'build s':>8} {'RAM MB':>7} {'disk MB':>8} "
+          f"{'p50 ms':>7} {'p99 ms':>8} {'R@10':>6}")
+    for n in (int(v) for v in args.archive.split(",")):
+        sa.run_archive(args, n, data, rng, res["archive"]["rows"], work)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="100000,1000000", help="comma-separated numbers of stored vectors")
@@ -155,6 +204,21 @@ def main(argv=None) -> int:
     p.add_argument("--ef-search", default="64,256", help="HNSW efSearch values to time")
     p.add_argument("--ef-construction", type=int, default=40,
                    help="HNSW build effort (the indexer uses 80; 40 keeps this run short)")
+    p.add_argument("--archive", default="", help="also the archive table at these sizes (comma-separated), "
+                                                "e.g. 1000000,10000000 (search_archive.py)")
+    p.add_argument("--vectors", default=None, help="archive vectors: an embed_views.py npz of real model embeddings "
+                                                   "(default: clustered synthetic)")
+    p.add_argument("--faiss-types", default="flat16,ivfpq", help="FAISS index types of the archive table")
+    p.add_argument("--ivfpq-nprobe", default="32,64,128", help="ivfpq probes to time (comma-separated; one build)")
+    p.add_argument("--row-budget", type=float, default=60.0,
+                   help="seconds of queries per archive row (at least 20 queries; slow rows stop early)")
+    p.add_argument("--flat-max", type=int, default=10_000_000, help="largest archive timed with flat16")
+    p.add_argument("--milvus-max", type=int, default=1_000_000, help="largest archive put into Milvus Lite")
+    p.add_argument("--milvus-types", default="IVF_FLAT", help="Milvus index types of the archive table")
+    p.add_argument("--milvus-nprobe", type=int, default=32, help="nprobe of a Milvus IVF index")
+    p.add_argument("--work", default=str(HERE.parent / "runs" / "search_archive"),
+                   help="where the archive indexes are written (10 M items: ~12 GB; removed after each size)")
+    p.add_argument("--skip-ann", action="store_true", help="only the archive table")
     p.add_argument("--markdown", action="store_true",
                    help="write benchmarks/results_search.json and the RESULTS.md section")
     p.add_argument("--results", default=None, help="markdown file for the section (default benchmarks/RESULTS.md; "
@@ -170,14 +234,21 @@ def main(argv=None) -> int:
            "queries": args.queries, "k": args.k, "dim": args.dim, "rows": []}
     print(f"faiss {faiss.__version__}, {args.threads} threads, dim {args.dim}, {args.queries} single queries, k={args.k}")
     print(f"{'N':>9} {'data':<9} {'index':<28} {'build s':>8} {'p50 ms':>8} {'p99 ms':>8} {'recall@10':>9}")
-    for n in (int(s) for s in args.sizes.split(",")):
-        for data in args.data.split(","):
-            run_size(args, n, data, rng, res["rows"])
+    if not args.skip_ann:
+        for n in (int(s) for s in args.sizes.split(",")):
+            for data in args.data.split(","):
+                run_size(args, n, data, rng, res["rows"])
+    if args.archive:
+        sys.path.insert(0, str(HERE))
+        run_archive_sizes(args, res)
     if args.markdown:
         sys.path.insert(0, str(HERE))
         from results_md import save_results
 
-        save_results("results_search.json", res, SECTION, markdown(res), "benchmarks/search_speed.py --markdown",
+        md = markdown(res) if res["rows"] else ""
+        if "archive" in res:
+            md = (md + "\n\n" if md else "") + archive_markdown(res)
+        save_results("results_search.json", res, SECTION, md, "benchmarks/search_speed.py --markdown",
                      markdown=args.results)
     return 0
 

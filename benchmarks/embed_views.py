@@ -8,7 +8,8 @@ checkpoint's eval transform). Also embedded: every caption (text queries) with i
 
 Writes `--out` (npz): `images` [N, D] float32 (L2-normalised), `image_of` (which UCM image each view
 is from), `image_split`, `texts` [5 x 2,100, D], `text_image`, `model` (JSON: checkpoint, sha256).
-Resumable: views are embedded in chunks kept under `--out`.parts/ until the file is written.
+Resumable: views are embedded in chunks kept beside `--out` (a `.parts-...` folder) until the file
+is written.
 
     .venv/bin/python benchmarks/embed_views.py --model runs/ucm_v2/0/priorclip_open/stage2/checkpoints/best
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +124,7 @@ def main(argv=None) -> int:
              image_split=np.array([im["split"] for im in data["images"]]), texts=texts.astype(np.float32),
              text_image=np.array([i for i, _ in captions], np.int32), model=json.dumps(model))
     os.replace(tmp, out)
+    shutil.rmtree(parts)  # the file holds every part now
     print(f"{len(images):,} views of {len(paths):,} images and {len(texts):,} captions, {images.shape[1]}-d: {out}")
     return 0
 

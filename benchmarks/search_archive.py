@@ -289,7 +289,7 @@ def record_milvus(args, n: int, directory: Path, dim: int, index_type: str, reco
     from priorclip.search.store import Store
 
     db = directory / f"milvus_{index_type.lower()}.db"
-    params = {"nlist": int(4 * np.sqrt(n))} if index_type.startswith("IVF") else None
+    params = {"nlist": args.milvus_nlist} if index_type.startswith("IVF") else None
     spec = milvus_spec(str(db), directory, f"bench_{index_type.lower()}", index_type, params)
     if index_type.startswith("IVF"):
         spec["index"]["search_params"] = {"nprobe": args.milvus_nprobe}
@@ -300,7 +300,8 @@ def record_milvus(args, n: int, directory: Path, dim: int, index_type: str, reco
     backend.sync(lambda m: None)
     backend.client.load_collection(spec["collection"])
     build_s = time.perf_counter() - t
-    label = f"milvus-lite {index_type}" + (f" nprobe={args.milvus_nprobe}" if index_type.startswith("IVF") else "")
+    label = f"milvus-lite {index_type}" + (f" nlist={args.milvus_nlist} nprobe={args.milvus_nprobe}"
+                                           if index_type.startswith("IVF") else "")
     record(label, backend, build_s, max(rss() - before, 0), dir_bytes(db) if db.is_dir() else db.stat().st_size)
     backend.client.close()
     store.close()

@@ -145,7 +145,11 @@ def markdown(res: dict) -> str:
 
 def archive_markdown(res: dict) -> str:
     a = res["archive"]
+    done = ", ".join(f"{n:,}" for n in a.get("sizes_done", []))
     lines = [
+        f"Machine: {a['machine']}, faiss {a['faiss']}, {a['threads']} threads, load average {a['loadavg'][0]:.2f} "
+        f"at start; {a['date']}. Sizes done: {done} (of `--archive {a['sizes']}`).",
+        "",
         f"Archive search through the index's backends (`FaissBackend`, `MilvusBackend` on Milvus Lite "
         f"{a.get('milvus_lite', '?')}), same run. Vectors: {a['source']}; beyond the real ones, derived vectors "
         f"(cosine {a['target_cos']:.3f} to a real view: the median cosine between a view and its nearest other "
@@ -165,6 +169,19 @@ def archive_markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+ARCHIVE_SECTION = "## Archive search at scale"
+
+
+def save_archive(args, res: dict) -> None:
+    """The archive table as its own JSON and RESULTS.md section, written after every size."""
+    if not args.markdown:
+        return
+    from results_md import save_results
+
+    save_results("results_search_archive.json", res["archive"], ARCHIVE_SECTION, archive_markdown(res),
+                 "benchmarks/search_speed.py --archive ... --markdown", markdown=args.results)
+
+
 def run_archive_sizes(args, res: dict) -> None:
     import search_archive as sa
 
@@ -177,15 +194,19 @@ def run_archive_sizes(args, res: dict) -> None:
         lite = version("milvus-lite")
     except Exception:
         lite = None
-    res["archive"] = {"source": data["source"], "target_cos": data["target_cos"], "queries": len(data["image_q"]),
+    res["archive"] = {**{k: res[k] for k in ("date", "machine", "faiss", "threads", "loadavg", "k")},
+                      "sizes": args.archive, "source": data["source"], "target_cos": data["target_cos"], "queries": len(data["image_q"]),
                       "milvus_lite": lite, "rows": []}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     print(f"\narchive: {data['source']}; derived vectors at cosine {data['target_cos']:.3f} to a real one")
     print(f"{'N':>10} {'backend':<24} {'query':<6} {'bbox':<7} {'build s':>8} {'RAM MB':>7} {'disk MB':>8} "
           f"{'p50 ms':>7} {'p99 ms':>8} {'R@10':>6}")
-    for n in (int(v) for v in args.archive.split(",")):
+    sizes = [int(v) for v in args.archive.split(",")]
+    for i, n in enumerate(sizes):
         sa.run_archive(args, n, data, rng, res["archive"]["rows"], work)
+        res["archive"]["sizes_done"] = sizes[:i + 1]
+        save_archive(args, res)
 
 
 def main(argv=None) -> int:
@@ -215,6 +236,7 @@ def main(argv=None) -> int:
     p.add_argument("--flat-max", type=int, default=10_000_000, help="largest archive timed with flat16")
     p.add_argument("--milvus-max", type=int, default=1_000_000, help="largest archive put into Milvus Lite")
     p.add_argument("--milvus-types", default="IVF_FLAT", help="Milvus index types of the archive table")
+    p.add_argument("--milvus-nlist", type=int, default=1024, help="nlist of a Milvus IVF index")
     p.add_argument("--milvus-nprobe", type=int, default=32, help="nprobe of a Milvus IVF index")
     p.add_argument("--work", default=str(HERE.parent / "runs" / "search_archive"),
                    help="where the archive indexes are written (10 M items: ~12 GB; removed after each size)")
@@ -241,14 +263,12 @@ def main(argv=None) -> int:
     if args.archive:
         sys.path.insert(0, str(HERE))
         run_archive_sizes(args, res)
-    if args.markdown:
+    if args.markdown and res["rows"]:
         sys.path.insert(0, str(HERE))
         from results_md import save_results
 
-        md = markdown(res) if res["rows"] else ""
-        if "archive" in res:
-            md = (md + "\n\n" if md else "") + archive_markdown(res)
-        save_results("results_search.json", res, SECTION, md, "benchmarks/search_speed.py --markdown",
+        save_results("results_search.json", {k: v for k, v in res.items() if k != "archive"}, SECTION, markdown(res),
+                     "benchmarks/search_speed.py --markdown",
                      markdown=args.results)
     return 0
 

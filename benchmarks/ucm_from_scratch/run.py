@@ -17,7 +17,8 @@ open_clip_train needs pandas: in the pinned environment (scripts/setup.sh); else
 
 Resumable: each run lives in `--out/SEED/SUBJECT[/stageN]` (priors in `--out/SEED/prior-KIND`) and a
 finished one is read back, not trained again, so the benchmark can be run in pieces (`--subjects`,
-`--seeds`) and interrupted. Not a test: hours on two CPU cores (each subject's wall time and
+`--seeds`) and interrupted: an interrupted run continues exactly from its last checkpoint (every 40
+steps; open_clip_train's runs start again). Not a test: hours on two CPU cores (each subject's wall time and
 pairs/s are in the report); `tests/benchmarks/test_ucm_benchmark.py` runs it on tiny models.
 """
 from __future__ import annotations

@@ -28,15 +28,16 @@ INDEX_TYPE_HELP = ("flat16 = exhaustive over float16 vectors (default; recall@10
                    "flat = exhaustive float32, bit-exact; hnsw/ivf = approximate, recall@10 reported; "
                    "ivfpq = compressed codes in RAM (d/8 bytes a vector), exact re-ranking from disk")
 IVFPQ_MIN_VECTORS = 10_000  # PQ's 256-centroid codebooks need about 39 x 256 training vectors
-# candidates re-ranked exactly: refine x k for k <= IVFPQ_REFINE_DEPTH (at least IVFPQ_MIN_CANDIDATES); in a trial on clustered
-# synthetic vectors 10 stayed below recall@10 0.95 and 30 reached it (docs/SEARCH.md)
+# candidates re-ranked exactly: refine x k for k <= IVFPQ_REFINE_DEPTH (at least
+# IVFPQ_MIN_CANDIDATES); in a trial on clustered synthetic vectors 10 stayed below recall@10 0.95
+# and 30 reached it (docs/SEARCH.md)
 IVFPQ_REFINE = 30
 IVFPQ_MIN_CANDIDATES = 300
 # the factor applies to the first 100 hits; a deeper fetch (a bbox-filtered ranking going down
 # the list) adds the same margin of candidates instead of multiplying its depth
 IVFPQ_REFINE_DEPTH = 100
 # k-means over nlist x 64 training vectors costs ~ nlist^2: 4,096 lists train in minutes where
-# 4 sqrt(n) = 12,649 at 10 M would take an hour on two cores; a search probes IVFPQ_NPROBE of them
+# 4 sqrt(n) = 12,649 at 10 M would take about an hour on two cores (an estimate); a search probes IVFPQ_NPROBE of them
 IVFPQ_MAX_NLIST = 4_096
 IVFPQ_NPROBE = 64
 PARALLEL_SCAN_MIN = 32_768  # below this a scan takes < 2 ms and threads cost more than they save

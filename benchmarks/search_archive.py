@@ -5,7 +5,9 @@ items.sqlite catalogue of GeoTIFF-like tiles laid on a lon/lat grid, their vecto
 and searches it through `FaissBackend` / `MilvusBackend` exactly as `priorclip serve` does:
 
   faiss flat16   exhaustive float16 scan split over the cores (the default index type)
-  faiss ivfpq    PQ codes in RAM (d/8 bytes a vector), top refine x k re-ranked from items.sqlite
+  faiss ivfpq    PQ codes in RAM (d/8 bytes a vector), candidates re-ranked from the memory-mapped
+                 re-rank file (or, as an older index, from items.sqlite); "cold cache" rows drop
+                 that file from the page cache before every query
   milvus <TYPE>  Milvus Lite (the in-process engine, a file) with its own vector index
 
 Vectors: `--vectors FILE.npz` from `embed_views.py` (real model embeddings of UCM views; without
@@ -20,6 +22,7 @@ vectors), a "region" box 5 % of the archive (the ANN ranking filtered).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -167,29 +170,24 @@ def in_box(box, n: int) -> np.ndarray:
 
 # ---- measuring ------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
+def item_ids(n: int) -> np.ndarray:
+    """Item ids of an archive's rows (row + 1), made once per size: every truth asks for them."""
+    return np.arange(1, n + 1, dtype=np.int64)
+
+
 def exact(vectors: np.ndarray, queries: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
     """Item ids (row + 1) of the exact float32 top k, over all rows or the given ones."""
-    best_s = np.full((len(queries), k), -np.inf, np.float32)
-    best_i = np.zeros((len(queries), k), np.int64)
-    total = len(vectors) if rows is None else len(rows)
-    for start in range(0, total, 500_000):
-        if rows is None:
-            r = np.arange(start, min(total, start + 500_000))
-            block = np.asarray(vectors[start:start + 500_000], np.float32)
-        else:
-            r = rows[start:start + 500_000]
-            block = np.asarray(vectors[r], np.float32)
-        s = queries @ block.T
-        cand_s = np.concatenate([best_s, s], 1)
-        cand_i = np.concatenate([best_i, np.broadcast_to(r + 1, s.shape)], 1)
-        top = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(cand_s, top, 1), np.take_along_axis(cand_i, top, 1)
-    return best_i
+    from priorclip.search import ann
+
+    return ann.exact_topk(queries, vectors, item_ids(len(vectors)), k, rows)
 
 
-def measure(backend, queries: np.ndarray, truth: np.ndarray, k: int, bboxes=None, budget_s: float = 60.0) -> dict:
+def measure(backend, queries: np.ndarray, truth: np.ndarray, k: int, bboxes=None, budget_s: float = 60.0,
+            before=None) -> dict:
     """p50/p99 and recall@k of single queries (query j searches bboxes[j % len]); stops after
-    `budget_s` seconds once 20 queries are timed (slow rows: exhaustive 10 M, Milvus Lite)."""
+    `budget_s` seconds once 20 queries are timed (slow rows: exhaustive 10 M, Milvus Lite).
+    `before()` runs ahead of every query, untimed (evict_rerank: a cold page cache)."""
     backend.search(queries[0], k, bbox=None if bboxes is None else bboxes[0])  # warm up
     times, hits = [], []
     start = time.perf_counter()
@@ -197,6 +195,8 @@ def measure(backend, queries: np.ndarray, truth: np.ndarray, k: int, bboxes=None
         if j >= 20 and time.perf_counter() - start > budget_s:
             break
         box = None if bboxes is None else bboxes[j % len(bboxes)]
+        if before is not None:
+            before()
         t = time.perf_counter()
         found = backend.search(q, k, bbox=box)
         times.append(time.perf_counter() - t)
@@ -204,6 +204,31 @@ def measure(backend, queries: np.ndarray, truth: np.ndarray, k: int, bboxes=None
     ms = np.array(times) * 1000
     return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
             "recall_at_10": round(float(np.mean(hits)), 3), "timed": len(ms)}
+
+
+def evict_rerank(backend, path: Path):
+    """A function that drops the re-rank file's pages from this process and from the OS page
+    cache, so the next query reads its candidates' vectors from the disk."""
+    import mmap
+
+    fd = os.open(path, os.O_RDONLY)
+
+    def evict():
+        backend.rerank.vectors._mmap.madvise(mmap.MADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    return evict
+
+
+def link_rerank(directory: Path, vectors_path: Path, n: int) -> dict:
+    """The ivfpq index's re-rank files without a second 10 GB copy: the archive's vectors file is
+    already float32 rows in id order (id = row + 1), so it is hard-linked as the file
+    `ann.rerank_writers` would write."""
+    from priorclip.search.store import RERANK_IDS_NAME, RERANK_NAME
+
+    (directory / RERANK_NAME).unlink(missing_ok=True)
+    os.link(vectors_path, directory / RERANK_NAME)
+    np.save(directory / RERANK_IDS_NAME, np.arange(1, n + 1, dtype=np.int64))
+    return {"file": RERANK_NAME, "ids": RERANK_IDS_NAME, "count": n}
 
 
 def dir_bytes(path: Path) -> int:
@@ -239,11 +264,11 @@ def run_archive(args, n: int, data: dict, rng, rows: list, work: Path, log=print
             truths[(qname, area)] = truth
     base = {"n": n, "real": real, "catalogue_s": round(catalogue_s, 1)}
 
-    def record(name, backend, build_s, ram, disk):
+    def record(name, backend, build_s, ram, disk, before=None):
         for qname, q in sets.items():
-            for area in (None, *areas):
+            for area in (None, *areas) if before is None else (None,):
                 res = measure(backend, q, truths[(qname, area)], k, None if area is None else areas[area],
-                              args.row_budget)
+                              args.row_budget, before)
                 row = {**base, "backend": name, "queries": qname, "bbox": area or "none", "build_s": round(build_s, 1),
                        "ram_mb": round(ram / 2 ** 20), "disk_mb": round(disk / 2 ** 20), **res}
                 rows.append(row)
@@ -261,14 +286,25 @@ def run_archive(args, n: int, data: dict, rng, rows: list, work: Path, log=print
         faiss.write_index(index, str(directory / FAISS_NAME))
         del index
         ram = (directory / FAISS_NAME).stat().st_size  # FAISS reads the whole structure into RAM
-        for nprobe in [int(v) for v in args.ivfpq_nprobe.split(",")] if index_type == "ivfpq" else [None]:
+        settings = [(None, None, None)]
+        if index_type == "ivfpq":
+            params["rerank"] = link_rerank(directory, work / f"vectors_{n}.npy", n)
+            settings = [(int(p), int(c), source) for source in args.ivfpq_rerank.split(",")
+                        for p in args.ivfpq_nprobe.split(",") for c in args.ivfpq_candidates.split(",")]
+        for nprobe, least, source in settings:
             info = {"embed_dim": vectors.shape[1], "faiss": {**params, "file": FAISS_NAME}}
             if nprobe:
-                info["faiss"]["nprobe"] = nprobe
+                info["faiss"].update(nprobe=nprobe, min_candidates=least)
+            if source == "sqlite":  # as an index without re-rank file (made before there was one)
+                info["faiss"].pop("rerank")
             store = Store(directory, readonly=True)
             backend = FaissBackend(directory, info, store)
-            label = f"faiss {index_type}" + (f" nlist={params['nlist']} nprobe={nprobe}" if nprobe else "")
+            label = f"faiss {index_type}" + (f" nlist={params['nlist']} nprobe={nprobe} re-rank>={least:,} "
+                                             f"from {'file' if source == 'file' else 'items.sqlite'}" if nprobe else "")
             record(label, backend, build_s, ram, dir_bytes(directory))
+            if source == "file" and args.ivfpq_cold:
+                record(label + ", cold cache", backend, build_s, ram, dir_bytes(directory),
+                       evict_rerank(backend, directory / info["faiss"]["rerank"]["file"]))
             store.close()
             del backend
     if n <= args.milvus_max:

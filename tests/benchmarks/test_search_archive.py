@@ -58,3 +58,68 @@ def test_derived_vectors_sit_at_the_asked_cosine(sa, tmp_path):
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     best = (vectors[500:] @ base.T).max(1)  # each derived vector's cosine to its source
     assert np.allclose(best, 0.9, atol=1e-3)
+
+
+def test_archive_rows_cover_every_ivfpq_setting(sa, tmp_path):
+    """One build, one row per (re-rank source, nprobe, least candidates), query set and area, plus
+    cold-cache rows; the deeper re-ranking never loses recall, the re-rank file and items.sqlite
+    give the same answers, and the working directory is cleaned up."""
+    from argparse import Namespace
+
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((32, 32)).astype(np.float32)
+    x = centres[rng.integers(0, 32, 12_200)] + 0.3 * rng.standard_normal((12_200, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    data = {"base": x[:12_000], "image_q": x[12_000:12_030], "text_q": x[12_030:12_060] * -1, "target_cos": 0.95}
+    args = Namespace(k=10, faiss_types="flat16,ivfpq", flat_max=10 ** 9, ivfpq_nprobe="4",
+                     ivfpq_candidates="20,1000", ivfpq_rerank="file,sqlite", ivfpq_cold=True,
+                     milvus_max=0, row_budget=60.0)
+    rows = []
+    sa.run_archive(args, 15_000, data, rng, rows, tmp_path, log=lambda *_: None)
+    pq = "faiss ivfpq nlist=384 nprobe=4 re-rank>="
+    want = {"faiss flat16"} | {f"{pq}{c} from {s}" for c in ("20", "1,000") for s in ("file", "items.sqlite")} | \
+        {f"{pq}{c} from file, cold cache" for c in ("20", "1,000")}
+    assert {r["backend"] for r in rows} == want
+    assert len(rows) == 5 * 2 * 3 + 2 * 2 and all(r["n"] == 15_000 and r["real"] == 12_000 for r in rows)
+    assert {r["bbox"] for r in rows if r["backend"].endswith("cold cache")} == {"none"}
+    recall = {(r["backend"], r["queries"], r["bbox"]): r["recall_at_10"] for r in rows}
+    for q in ("image", "text"):
+        assert recall[(f"{pq}1,000 from file", q, "none")] >= recall[(f"{pq}20 from file", q, "none")]
+        for c in ("20", "1,000"):
+            for area in ("none", "city", "region"):
+                assert recall[(f"{pq}{c} from file", q, area)] == recall[(f"{pq}{c} from items.sqlite", q, area)]
+            assert recall[(f"{pq}{c} from file, cold cache", q, "none")] == recall[(f"{pq}{c} from file", q, "none")]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_linked_rerank_file_is_what_the_indexer_publishes(sa, tmp_path):
+    """The indexer's own finish + publish of an ivfpq index writes the re-rank files the benchmark
+    hard-links (byte for byte), searches read them, and a switch back to flat16 removes them."""
+    from priorclip.search.backends.faiss_backend import FaissBackend
+    from priorclip.search.index import _finish, _publish
+    from priorclip.search.store import Store
+
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((2_000, 16)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    vectors, _ = sa.archive_vectors(base, 12_000, rng, 0.9, tmp_path / "v.npy")
+    out = tmp_path / "idx"
+    sa.write_catalogue(out, vectors, log=lambda *_: None)
+    store = Store(out)
+    settings = {"tile_size": 256, "tile_stride": 256}
+    info, files = _finish(store, out, {"embed_dim": 16}, settings, "ivfpq", "now", lambda *_: None)
+    _publish(out, files, None, info)
+    assert info["faiss"]["rerank"] == {"file": "vectors.rerank.npy", "ids": "vectors.rerank-ids.npy", "count": 12_000}
+    (tmp_path / "linked").mkdir()
+    assert sa.link_rerank(tmp_path / "linked", tmp_path / "v.npy", 12_000) == info["faiss"]["rerank"]
+    for name in ("vectors.rerank.npy", "vectors.rerank-ids.npy"):
+        assert (out / name).read_bytes() == (tmp_path / "linked" / name).read_bytes()
+    backend = FaissBackend(out, info, store)
+    assert backend.rerank is not None
+    hits = backend.search(vectors[5], 10)
+    assert hits[0][0] == 6 and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    info, files = _finish(store, out, {"embed_dim": 16}, settings, "flat16", "now", lambda *_: None)
+    _publish(out, files, None, info)
+    assert not (out / "vectors.rerank.npy").exists() and not (out / "vectors.rerank-ids.npy").exists()
+    assert [i for i, _ in FaissBackend(out, info, store).search(vectors[5], 10)][0] == 6
+    store.close()

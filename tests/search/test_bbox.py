@@ -179,7 +179,8 @@ def test_deep_ivfpq_fetches_rerank_a_margin_not_a_multiple():
     checks the box's hits on such an index)."""
     from priorclip.search import ann
 
-    assert ann.refine_count({"type": "ivfpq"}, 10) == 300
+    assert ann.refine_count({"type": "ivfpq"}, 10) == 1_000
+    assert ann.refine_count({"type": "ivfpq", "min_candidates": 300}, 10) == 300
     assert ann.refine_count({"type": "ivfpq"}, 100) == 3_000
     assert ann.refine_count({"type": "ivfpq"}, 5_000) == 5_000 + 29 * 100
     assert ann.refine_count({"type": "flat16"}, 10) is None

@@ -369,3 +369,102 @@ def test_ivfpq_keeps_codes_in_ram_and_reranks_exactly_from_disk(tmp_path):
     assert [s for _, s in hits] == pytest.approx(sorted((float(x[i - 7] @ q) for i, _ in hits), reverse=True))
     with pytest.raises(ConfigError, match="at least 10,000"):
         ann.build(x[:500], ids[:500], "ivfpq")
+
+    # the re-rank file: the same hits and scores without touching items.sqlite
+    shuffled = rng.permutation(len(ids))  # written in id order whatever order the vectors come in
+    files, spec = ann.rerank_writers(ids[shuffled], x[shuffled])
+    for name, write in files.items():
+        with open(tmp_path / name, "wb") as fh:
+            write(fh)
+    assert spec == {"file": "vectors.rerank.npy", "ids": "vectors.rerank-ids.npy", "count": 20_000}
+    np.testing.assert_array_equal(np.load(tmp_path / "vectors.rerank-ids.npy"), ids)
+
+    class _Unused:
+        def vectors_of(self, ids, dim):
+            raise AssertionError(f"read {len(ids)} vectors from items.sqlite")
+
+    info = {"embed_dim": 64, "faiss": {**params, "file": "vectors.faiss", "rerank": spec}}
+    from_file = FaissBackend(tmp_path, info, _Unused())
+    assert from_file.rerank is not None and from_file.search(q, 10) == hits
+    # ids the file lacks (an item stored after it was written) come from items.sqlite
+    part = ann.RerankFile(np.load(tmp_path / "vectors.rerank.npy")[:15_000], ids[:15_000])
+    found, vecs, missing = part.vectors_of([20_006, 7, 15_006, 15_007, 99_999])
+    assert found.tolist() == [7, 15_006] and missing.tolist() == [20_006, 15_007, 99_999]
+    np.testing.assert_array_equal(vecs, x[[0, 14_999]])
+    backend.rerank = part
+    assert backend.search(x[19_000], 10) == FaissBackend(tmp_path, info, _Unused()).search(x[19_000], 10)
+    # a hand-edited re-rank depth is checked when the index is opened
+    for bad in ("1000", 0, 2.5, True):
+        with pytest.raises(DataError, match="faiss.min_candidates must be a whole number"):
+            FaissBackend(tmp_path, {**info, "faiss": {**info["faiss"], "min_candidates": bad}}, _Unused())
+    assert FaissBackend(tmp_path, {**info, "faiss": {**info["faiss"], "min_candidates": 50}}, _Unused()).search(q, 10)[0] == hits[0]
+    # files that are not the ones index.json names are ignored: items.sqlite serves
+    assert ann.RerankFile.open(tmp_path, {**spec, "count": 19_999}) is None
+    assert ann.RerankFile.open(tmp_path, {**spec, "file": "gone.npy"}) is None
+    assert ann.RerankFile.open(tmp_path, None) is None
+
+
+def test_rerank_file_asks_for_every_candidate_page_before_reading(tmp_path):
+    """Cold rows are requested together (madvise WILLNEED) so the disk serves them in parallel:
+    each read row's bytes lie inside an advised range, also for a view that starts mid-file."""
+    import mmap
+
+    x = np.random.default_rng(5).standard_normal((3000, 48)).astype(np.float32)  # 192-byte rows cross pages
+    files, spec = ann.rerank_writers(np.arange(3000), x)
+    for name, write in files.items():
+        with open(tmp_path / name, "wb") as fh:
+            write(fh)
+    whole = np.load(tmp_path / "vectors.rerank.npy", mmap_mode="r")
+    rerank = ann.RerankFile(whole[500:], np.arange(500, 3000))
+    advised = []
+
+    class Recorder:
+        def madvise(self, option, start, length):
+            assert option == mmap.MADV_WILLNEED and start % mmap.PAGESIZE == 0
+            advised.append((start, start + length))
+
+    rerank._map = Recorder()
+    want = [2999, 500, 1234, 7]
+    found, vecs, missing = rerank.vectors_of(want)
+    assert found.tolist() == [500, 1234, 2999] and missing.tolist() == [7]
+    np.testing.assert_array_equal(vecs, x[[500, 1234, 2999]])
+    for row in found.tolist():
+        begin = whole.offset + row * 192
+        assert any(a <= begin and begin + 192 <= b for a, b in advised), row
+    assert len(advised) == 3
+
+
+def test_publishing_another_index_type_removes_the_rerank_files(tmp_path):
+    from priorclip.search.index import _publish
+
+    for name in ("vectors.rerank.npy", "vectors.rerank-ids.npy"):
+        (tmp_path / name).write_bytes(b"old")
+    _publish(tmp_path, {"vectors.rerank.npy": b"new"}, None, {"faiss": {"type": "ivfpq"}})
+    assert (tmp_path / "vectors.rerank.npy").read_bytes() == b"new"
+    assert not (tmp_path / "vectors.rerank-ids.npy").exists()
+    _publish(tmp_path, {"vectors.faiss": b"flat"}, None, {"faiss": {"type": "flat16"}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "vectors.faiss"]
+
+
+def test_exact_topk_streams_chunks_and_row_subsets():
+    """The chunked brute force equals one exact FAISS scan, for every chunk size (smaller than k,
+    between k and the data, larger), over all rows or a subset, with ids unrelated to rows."""
+    import faiss
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 32)).astype(np.float32)
+    ids = rng.permutation(10_000)[:3000].astype(np.int64)
+    q = rng.normal(size=(20, 32)).astype(np.float32)
+    flat = faiss.IndexFlatIP(32)
+    flat.add(x)
+    _, pos = flat.search(q, 10)
+    rows = np.sort(rng.choice(3000, 700, replace=False))
+    sub = faiss.IndexFlatIP(32)
+    sub.add(x[rows])
+    _, sub_pos = sub.search(q, 10)
+    for chunk in (7, 256, 5000):
+        np.testing.assert_array_equal(ann.exact_topk(q, x, ids, 10, chunk=chunk), ids[pos])
+        np.testing.assert_array_equal(ann.exact_topk(q, x, ids, 10, rows, chunk=chunk), ids[rows[sub_pos]])
+    # fewer rows than k: the rest is -1, as FAISS pads
+    short = ann.exact_topk(q, x, ids, 10, rows[:4])
+    assert (short[:, 4:] == -1).all() and set(short[0, :4]) == set(ids[rows[:4]])

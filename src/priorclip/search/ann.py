@@ -9,8 +9,9 @@ bit-exact and ~3x slower. `hnsw` and `ivf` trade recall for speed on millions of
 non-float32 index stores its recall@10 against the exact answer in index.json, so nobody has to
 guess. `ivfpq` is for archives whose vectors do not fit in RAM: the FAISS file holds only
 product-quantised codes (d/8 bytes a vector: 32 bytes for 256-d, a sixteenth of float32), and
-the top `refine` x k candidates are re-ranked exactly with their float32 vectors read from
-items.sqlite on disk, so the scores returned are exact and only the candidate list is approximate.
+the top `refine` x k candidates are re-ranked exactly with their float32 vectors, read from a
+memory-mapped file beside it (`RerankFile`; items.sqlite for an index without one), so the scores
+returned are exact and only the candidate list is approximate.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from priorclip.errors import ConfigError
+from priorclip.search.store import RERANK_IDS_NAME, RERANK_NAME
 
 INDEX_TYPES = ("flat16", "flat", "hnsw", "ivf", "ivfpq")
 DEFAULT_INDEX_TYPE = "flat16"
@@ -28,11 +30,13 @@ INDEX_TYPE_HELP = ("flat16 = exhaustive over float16 vectors (default; recall@10
                    "flat = exhaustive float32, bit-exact; hnsw/ivf = approximate, recall@10 reported; "
                    "ivfpq = compressed codes in RAM (d/8 bytes a vector), exact re-ranking from disk")
 IVFPQ_MIN_VECTORS = 10_000  # PQ's 256-centroid codebooks need about 39 x 256 training vectors
-# candidates re-ranked exactly: refine x k for k <= IVFPQ_REFINE_DEPTH (at least
-# IVFPQ_MIN_CANDIDATES); in a trial on clustered synthetic vectors 10 stayed below recall@10 0.95
-# and 30 reached it (docs/SEARCH.md)
+# candidates re-ranked exactly: refine x k for k <= IVFPQ_REFINE_DEPTH, at least
+# IVFPQ_MIN_CANDIDATES (index.json's faiss.min_candidates overrides it). In a trial on clustered
+# synthetic vectors a factor of 10 stayed below recall@10 0.95 and 30 reached it; on the 10 M
+# archive of real embeddings the PQ ranking's top 300 held 0.875 of text queries' true top 10,
+# its top 1,000 0.968 (benchmarks/ivfpq_depth.py): near-duplicate tiles differ by less than PQ's error
 IVFPQ_REFINE = 30
-IVFPQ_MIN_CANDIDATES = 300
+IVFPQ_MIN_CANDIDATES = 1_000
 # the factor applies to the first 100 hits; a deeper fetch (a bbox-filtered ranking going down
 # the list) adds the same margin of candidates instead of multiplying its depth
 IVFPQ_REFINE_DEPTH = 100
@@ -124,7 +128,8 @@ def refine_count(params: dict | None, k: int) -> int | None:
     if not params or params.get("type") != "ivfpq":
         return None
     refine = int(params.get("refine", IVFPQ_REFINE))
-    return max(k + (refine - 1) * min(k, IVFPQ_REFINE_DEPTH), IVFPQ_MIN_CANDIDATES)
+    least = int(params.get("min_candidates", IVFPQ_MIN_CANDIDATES))
+    return max(k + (refine - 1) * min(k, IVFPQ_REFINE_DEPTH), least)
 
 
 def rerank(q: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -186,13 +191,29 @@ def apply_params(index, params: dict) -> None:
         faiss.extract_index_ivf(index).nprobe = int(params.get("nprobe", 8))
 
 
-def exact_topk(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    """Ground-truth ids by brute force, in chunks so 1M x 512 stays within memory."""
-    faiss = _faiss()
-    flat = faiss.IndexFlatIP(vectors.shape[1])
-    flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    _, idx = flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return np.where(idx >= 0, ids[np.clip(idx, 0, None)], -1)
+def exact_topk(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int, rows: np.ndarray | None = None,
+               chunk: int = 262_144) -> np.ndarray:
+    """Ground-truth ids (`ids[row]`) of the exact float32 top k by brute force, over all rows of
+    `vectors` or only `rows`. Streams `vectors` (an array or a memmap of any size) in chunks, so
+    10 M x 256 needs a chunk's memory, not a 10 GB float32 copy."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, vectors.shape[1])
+    ids = np.asarray(ids)
+    nq, total = len(queries), len(vectors) if rows is None else len(rows)
+    best_s = np.full((nq, k), -np.inf, np.float32)
+    best_i = np.full((nq, k), -1, np.int64)
+    for start in range(0, total, chunk):
+        r = np.arange(start, min(total, start + chunk)) if rows is None else np.asarray(rows[start:start + chunk])
+        block = np.asarray(vectors[start:start + chunk] if rows is None else vectors[r], np.float32)
+        s = queries @ block.T
+        if s.shape[1] > k:  # only each query's k best of the chunk can enter the top k
+            part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            s, cand = np.take_along_axis(s, part, 1), ids[r[part]]
+        else:
+            cand = np.broadcast_to(ids[r], s.shape)
+        all_s, all_i = np.concatenate([best_s, s], 1), np.concatenate([best_i, cand], 1)
+        order = np.lexsort((np.where(all_i < 0, np.iinfo(np.int64).max, all_i), -all_s), axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(all_s, order, 1), np.take_along_axis(all_i, order, 1)
+    return best_i
 
 
 def recall_at_k(index, vectors: np.ndarray, ids: np.ndarray, k: int = 10, n_queries: int = 500,
@@ -219,6 +240,78 @@ def recall_at_k(index, vectors: np.ndarray, ids: np.ndarray, k: int = 10, n_quer
             got.append(rerank(qi, c, vectors[[row[int(i)] for i in c]], k)[1])
     hits = [len(set(t.tolist()) & set(g.tolist())) for t, g in zip(truth, got)]
     return float(np.mean(hits) / k)
+
+
+def rerank_writers(ids: np.ndarray, vectors: np.ndarray) -> tuple[dict, dict]:
+    """The files an `ivfpq` index re-ranks from (name -> writer of an open binary file, for
+    `store.publish`) and their description for index.json: the float32 vectors as .npy rows in
+    ascending id order, and those ids."""
+    ids = np.asarray(ids, np.int64)
+    if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
+        order = np.argsort(ids, kind="stable")
+        ids, vectors = ids[order], np.asarray(vectors)[order]
+    files = {RERANK_NAME: lambda fh: np.save(fh, np.asarray(vectors, np.float32)),
+             RERANK_IDS_NAME: lambda fh: np.save(fh, ids)}
+    return files, {"file": RERANK_NAME, "ids": RERANK_IDS_NAME, "count": int(len(ids))}
+
+
+class RerankFile:
+    """The float32 vectors an `ivfpq` search re-ranks, memory-mapped: a query reads its ~1,000
+    candidates' rows through the OS page cache, where reading them from items.sqlite took 4-5 ms a
+    query more at 1 M (the archive benchmark). Rows not in the page cache are asked for all
+    at once (madvise WILLNEED) before they are read, so the disk serves them in parallel instead
+    of one page fault after another: 1,000 cold rows took 16-18 ms instead of 0.7-1.0 s in a trial
+    on this machine's disk, at ~1.3 ms of system calls when they are cached."""
+
+    def __init__(self, vectors: np.ndarray, ids: np.ndarray):
+        import mmap
+
+        self.vectors, self.ids = vectors, ids
+        self._row_bytes = vectors.shape[1] * vectors.itemsize
+        self._map = getattr(vectors, "_mmap", None)  # np.memmap's mapping (None: an array in RAM)
+        if (self._map is not None and vectors.strides[0] == self._row_bytes
+                and hasattr(mmap, "MADV_WILLNEED")):  # not on Windows: rows are then read as they come
+            self._row0 = vectors.ctypes.data - np.frombuffer(self._map, np.uint8).ctypes.data  # in the mapping
+        else:
+            self._map = None
+
+    @classmethod
+    def open(cls, directory: str | Path, spec: dict | None) -> "RerankFile | None":
+        """The index's re-rank file, or None when index.json names none or the files on disk are
+        not the ones it names (a run killed while publishing: items.sqlite serves instead)."""
+        if not spec:
+            return None
+        try:
+            vectors = np.load(Path(directory) / spec["file"], mmap_mode="r")
+            ids = np.load(Path(directory) / spec["ids"], mmap_mode="r")
+        except (OSError, ValueError):
+            return None
+        if vectors.ndim != 2 or len(vectors) != len(ids) or len(ids) != int(spec.get("count", -1)):
+            return None
+        return cls(vectors, ids)
+
+    def vectors_of(self, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids found, their vectors, ids not in the file), read in file order."""
+        want = np.asarray(ids, np.int64).reshape(-1)
+        if not len(self.ids) or not len(want):
+            return want[:0], np.zeros((0, self.vectors.shape[1]), np.float32), want
+        rows = np.minimum(np.searchsorted(self.ids, want), len(self.ids) - 1)
+        found = np.asarray(self.ids[rows]) == want
+        rows = rows[found]
+        order = np.argsort(rows, kind="stable")
+        rows = rows[order]
+        self._prefetch(rows)
+        return want[found][order], np.asarray(self.vectors[rows], np.float32), want[~found]
+
+    def _prefetch(self, rows: np.ndarray) -> None:
+        if self._map is None or not len(rows):
+            return
+        import mmap
+
+        size = self._row_bytes
+        for start in (self._row0 + rows * size).tolist():
+            page = start - start % mmap.PAGESIZE
+            self._map.madvise(mmap.MADV_WILLNEED, page, start + size - page)  # advice: never changes data
 
 
 def load(path: str | Path, params: dict | None = None, mmap: bool = False):

@@ -220,8 +220,8 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
                 written[0] += len(ids)
         stats = embed_items(encoder, pending, commit, batch_size=batch_size, workers=workers,
                             progress=progress, min_valid=min_valid)
-        info, index = _finish(store, out, model, settings, index_type, created, log, backend=backend,
-                              engine=engine)
+        info, ann_files = _finish(store, out, model, settings, index_type, created, log, backend=backend,
+                                  engine=engine)
         if backend["kind"] == "milvus":  # rows this run wrote: its batches, and what the final sync added
             info["backend"]["last_sync"]["written"] = written[0] + info["backend"]["last_sync"]["inserted"]
         info["last_run"] = {
@@ -233,7 +233,7 @@ def build_index(paths: list[str | Path], out: str | Path, encoder, *, model_spec
         }
         info["shard"] = {"rank": shard[0], "world": shard[1]} if shard else None
         report = {"failed": store.failures(), "skipped": [{"path": s.path, "reason": s.reason} for s in skipped]}
-        _publish(out, index, report, info)
+        _publish(out, ann_files, report, info)
         store.close()
     return info
 
@@ -249,24 +249,29 @@ def _same_bands(row, request) -> bool:
     return json.loads(rgb).get("request") == request_text(request)
 
 
-def _publish(out: Path, index, report: dict | None, info: dict) -> None:
-    """FAISS file (none for a Milvus index), report.json and index.json replaced together (see
-    `store.publish`)."""
-    files = {FAISS_NAME: lambda fh: write_faiss(index, fh)} if index is not None else {}
+def _publish(out: Path, ann_files: dict, report: dict | None, info: dict) -> None:
+    """The search structure's files (`_finish`; none for a Milvus index), report.json and
+    index.json replaced together (see `store.publish`); re-rank files of an earlier `ivfpq` that
+    this index no longer names are removed once index.json is in place."""
+    files = dict(ann_files)
     if report is not None:
         files[REPORT_NAME] = json_bytes(report)
     files[INDEX_JSON] = json_bytes(info)
     publish(out, files)
+    for name in (ann.RERANK_NAME, ann.RERANK_IDS_NAME):
+        if name not in files:
+            (out / name).unlink(missing_ok=True)
 
 
 def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: str, created: str, log,
             merged_from: list[str] | None = None, backend: dict | None = None,
-            engine=None) -> tuple[dict, object]:
-    """index.json's content and the FAISS structure rebuilt from the stored vectors (not yet
-    written); with a Milvus backend, the collection (`engine`, if the run has it open) brought in
-    line with the catalogue instead."""
+            engine=None) -> tuple[dict, dict]:
+    """index.json's content and the FAISS structure rebuilt from the stored vectors, as files for
+    `_publish` (not yet written: the FAISS file, and for `ivfpq` the vectors it re-ranks from);
+    with a Milvus backend, the collection (`engine`, if the run has it open) brought in line with
+    the catalogue instead, and no files."""
     dim = int(model["embed_dim"])
-    index = params = None
+    params, files = None, {}
     if backend and backend["kind"] == "milvus":
         from priorclip.search.backends.milvus_backend import MilvusBackend
 
@@ -285,6 +290,10 @@ def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: st
         else:
             params["recall_at_10"] = 1.0
         params["file"] = FAISS_NAME
+        files[FAISS_NAME] = lambda fh: write_faiss(index, fh)
+        if index_type == "ivfpq":
+            rerank_files, params["rerank"] = ann.rerank_writers(ids, vecs)
+            files = {**rerank_files, **files}  # renamed before the FAISS file that needs them
     counts = store.counts()
     info = {
         "format": "priorclip-search-index",
@@ -309,7 +318,7 @@ def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: st
         f"{counts['failed_files']} unreadable files, {counts['failed_items']} unreadable items "
         f"(see {out / REPORT_NAME})"
         + (f"; {counts['nodata_items']} below --min-valid not indexed" if counts.get("nodata_items") else ""))
-    return info, index
+    return info, files
 
 
 def merge_indexes(parts: list[str | Path], out: str | Path, *, index_type: str = ann.DEFAULT_INDEX_TYPE, log=print) -> dict:
@@ -367,10 +376,10 @@ def merge_indexes(parts: list[str | Path], out: str | Path, *, index_type: str =
         if dup:
             log(f"[index] {dup} files appeared in more than one part; kept the first")
         model = dict(first["model"])
-        info, index = _finish(store, out, model, settings, index_type, created, log,
-                              merged_from=[str(Path(p).resolve()) for p in parts])
+        info, ann_files = _finish(store, out, model, settings, index_type, created, log,
+                                  merged_from=[str(Path(p).resolve()) for p in parts])
         info["shard"] = None
-        _publish(out, index, {"failed": store.failures(), "skipped": []}, info)
+        _publish(out, ann_files, {"failed": store.failures(), "skipped": []}, info)
         store.close()
     return info
 
@@ -385,10 +394,10 @@ def rebuild_ann(directory: str | Path, index_type: str, log=print) -> dict:
     with _locked(directory):
         store = Store(directory)
         settings = store.get_meta("settings")
-        new, index = _finish(store, directory, info["model"], settings, index_type, info["created"], log,
-                             merged_from=info.get("merged_from"))
+        new, ann_files = _finish(store, directory, info["model"], settings, index_type, info["created"], log,
+                                 merged_from=info.get("merged_from"))
         for key in ("last_run", "shard"):
             new[key] = info.get(key)
-        _publish(directory, index, None, new)
+        _publish(directory, ann_files, None, new)
         store.close()
     return new

@@ -4,6 +4,8 @@
       index.json      what made the index (model, tiling, counts, FAISS type, recall); written last
       items.sqlite    files, items (image or tile, window, lon/lat footprint) and their vectors
       vectors.faiss   the search structure, rebuilt from items.sqlite after each run
+      vectors.rerank.npy, vectors.rerank-ids.npy
+                      `ivfpq` only: the float32 vectors its candidates are re-ranked with
       report.json     files that could not be read and why
 
 Format 2 added the bands shown as RGB per file (`files.rgb`) and each item's valid fraction
@@ -36,6 +38,7 @@ from priorclip.fileio import fsync_path
 INDEX_JSON = "index.json"
 DB_NAME = "items.sqlite"
 FAISS_NAME = "vectors.faiss"
+RERANK_NAME, RERANK_IDS_NAME = "vectors.rerank.npy", "vectors.rerank-ids.npy"  # an ivfpq index's exact vectors
 REPORT_NAME = "report.json"
 FORMAT_VERSION = 2
 # (table, column, type) added after format 1; ALTER TABLE adds them to an older database
@@ -88,7 +91,7 @@ END;
 
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-PUBLISHED = (FAISS_NAME, REPORT_NAME, INDEX_JSON)  # written by `publish`, index.json last
+PUBLISHED = (FAISS_NAME, RERANK_NAME, RERANK_IDS_NAME, REPORT_NAME, INDEX_JSON)  # written by `publish`, index.json last
 
 
 def write_error(exc: BaseException, path: str | Path, directory: str | Path | None = None) -> DataError:

@@ -37,7 +37,12 @@ class FaissBackend:
         if not faiss_file.is_file():
             raise DataError(f"{faiss_file} not found: rebuild the index with `priorclip index`")
         self.params = info.get("faiss") or {}
+        least = self.params.get("min_candidates")
+        if least is not None and (isinstance(least, bool) or not isinstance(least, int) or least < 1):
+            raise DataError(f"{Path(directory) / 'index.json'}: faiss.min_candidates must be a whole number >= 1 "
+                            f"(candidates an ivfpq search re-ranks), not {least!r}; fix it or remove the key")
         self.ann = ann.load(faiss_file, self.params)
+        self.rerank = ann.RerankFile.open(directory, self.params.get("rerank"))
         self.store = store
         self.dim = int(info["embed_dim"])
 
@@ -51,7 +56,7 @@ class FaissBackend:
         allowed = self.store.ids_in_bbox(bbox, limit=exact_filter_limit(self.count()))
         if allowed is not None:
             # a small area: score its items exactly from their stored vectors
-            ids, vecs = self.store.vectors_of([i for i in allowed if i != exclude], self.dim)
+            ids, vecs = self._vectors_of([i for i in allowed if i != exclude])
             scores, ids = ann.rerank(q[0], ids, vecs, n)
             return [(int(i), float(s)) for i, s in zip(ids, scores)]
         return self._ranked(q, n, exclude, lambda ids: self.store.meeting(bbox, ids))
@@ -83,5 +88,16 @@ class FaissBackend:
             scores, ids = self.ann.search(q, k)
             return scores[0], ids[0]
         _, cand = self.ann.search(q, min(candidates, self.count()))
-        ids, vecs = self.store.vectors_of([int(i) for i in cand[0] if i >= 0], self.dim)
+        ids, vecs = self._vectors_of(cand[0][cand[0] >= 0])
         return ann.rerank(q[0], ids, vecs, k)
+
+    def _vectors_of(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """Stored float32 vectors of `ids`: from the re-rank file where the index has one, the
+        rest (and every id of an index without one) from items.sqlite."""
+        if self.rerank is None:
+            return self.store.vectors_of(ids, self.dim)
+        found, vecs, missing = self.rerank.vectors_of(ids)
+        if len(missing):
+            more_ids, more = self.store.vectors_of(missing.tolist(), self.dim)
+            found, vecs = np.concatenate([found, more_ids]), np.concatenate([vecs, more])
+        return found, vecs

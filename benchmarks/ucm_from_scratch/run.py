@@ -18,7 +18,8 @@ open_clip_train needs pandas: in the pinned environment (scripts/setup.sh); else
 Resumable: each run lives in `--out/SEED/SUBJECT[/stageN]` (priors in `--out/SEED/prior-KIND`) and a
 finished one is read back, not trained again, so the benchmark can be run in pieces (`--subjects`,
 `--seeds`) and interrupted: an interrupted run continues exactly from its last checkpoint (every 40
-steps; open_clip_train's runs start again). Not a test: hours on two CPU cores (each subject's wall time and
+steps; open_clip_train's runs start again). `--reuse benchmarks/results_ucm.json` also counts the runs
+of a saved report as finished (same training settings checked), for a machine whose `--out` is gone. Not a test: hours on two CPU cores (each subject's wall time and
 pairs/s are in the report); `tests/benchmarks/test_ucm_benchmark.py` runs it on tiny models.
 """
 from __future__ import annotations
@@ -69,6 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--note", default="", help="a sentence printed under the table (e.g. how loaded the machine was)")
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: report the finished runs in --out (a partial report names the rest)")
+    ap.add_argument("--reuse", default=None, metavar="JSON",
+                    help="a report this script saved (e.g. benchmarks/results_ucm.json): its runs count as finished "
+                         "when --out lacks them, if they were trained with the same settings (runs/ is scratch, "
+                         "the saved report is what survives a new machine)")
     ap.add_argument("--results-md", default=None, help="RESULTS.md to update ('' : JSON only)")
     ap.add_argument("--json", default="results_ucm.json", help="file name under benchmarks/ for the figures")
     args = ap.parse_args(argv)
@@ -279,6 +284,27 @@ def run_subject(args, seed: int, key: str) -> dict:
     return res
 
 
+# the settings a saved run must share to be reused in this report (--data is a path that moves between machines)
+TRAINING_ARGS = ("epochs", "stage2_epochs", "batch_size", "lr", "stage2_lr", "warmup", "weight_decay",
+                 "prior_epochs", "prior_lr", "closed_prior_image_size", "tiny")
+
+
+def reused_runs(args) -> dict[tuple[str, int], dict]:
+    """{(subject, seed): result} of the report --reuse names, after checking it trained like this call."""
+    if not args.reuse:
+        return {}
+    path = Path(args.reuse)
+    try:
+        saved = json.loads(path.read_text())
+        their, results = saved["args"], saved["results"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"--reuse {path}: not a report saved by this script ({e})")
+    differ = [f"{k} {their.get(k)!r} (here {getattr(args, k)!r})" for k in TRAINING_ARGS if their.get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--reuse {path}: its runs were trained with other settings: {', '.join(differ)}")
+    return {(key, int(seed)): res for key, by_seed in results.items() if key in SUBJECTS for seed, res in by_seed.items()}
+
+
 # ---- the report -----------------------------------------------------------------------------
 
 def _mr(res: dict) -> float:
@@ -394,15 +420,21 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from results_md import save_results
 
+    reused = reused_runs(args)
     results: dict[str, dict[int, dict]] = {}
     for seed in args.seeds if args.seeds else []:
         for key in args.subjects:
             if SUBJECTS[key]["group"] != "main" and seed not in args.ablation_seeds:
                 continue
-            if args.report_only and not finished(args, seed, key):
+            done = finished(args, seed, key)
+            if args.report_only and not done and (key, seed) not in reused:
                 continue
             print(f"== seed {seed}: {SUBJECTS[key]['name']}", flush=True)
-            res = run_subject(args, seed, key)
+            if not done and (key, seed) in reused:
+                res = reused[key, seed]
+                print(f"   read back from {args.reuse}", flush=True)
+            else:
+                res = run_subject(args, seed, key)
             results.setdefault(key, {})[seed] = res
             print(f"   test mR {_mr(res):.2f}, {res['pairs_seen']:,} pairs, {res['pairs_per_s']:.1f} pairs/s", flush=True)
     if not results:

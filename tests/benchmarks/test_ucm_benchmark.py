@@ -56,6 +56,17 @@ def test_subject_chains_equal_pairs_report_and_resume(bench, tiny_ucm, tmp_path)
     md = (tmp_path / "RESULTS.md").read_text()
     assert "clip_attribution seed 0" in md and "\nTimed on a loaded machine.\n" in md
 
+    # a saved report stands in for a lost --out (same settings only), and its figures come back unchanged
+    saved = json.loads(results.read_text())
+    elsewhere = argv[:4] + [str(tmp_path / "gone")] + argv[5:-2] + ["--json", str(tmp_path / "again.json"),
+                                                                      "--reuse", str(results)]
+    bench.main(elsewhere + ["--report-only"])
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["results"]["priorclip_open"] == saved["results"]["priorclip_open"]
+    assert not (tmp_path / "gone").exists()
+    with pytest.raises(SystemExit, match="epochs 2 .here 3."):
+        bench.main(elsewhere[:8] + ["3"] + elsewhere[9:])
+
 
 def test_readme_block_is_replaced_between_markers(bench, tmp_path):
     readme = tmp_path / "README.md"

@@ -5,7 +5,9 @@ The archive of `search_archive.py` (real UCM view embeddings, then derived near-
 which share of the exact top 10 lies in the probed lists' PQ ranking down to depth 10, 300, 1,000
 and 3,000 (nprobe 32/64/128: is the loss probing or ranking?), and the recall@10 when the PQ
 candidates are re-ranked from an in-RAM scalar-quantised copy (8 and 4 bits a dimension) instead of
-the float32 vectors on disk. Recall only, no timings (search_speed.py --archive times the index).
+the float32 vectors on disk, and, for `ivfpq-sq8`, which share of the exact top 10 lies in the
+8-bit ranking's top k + 50 / 100 / 200 (the rows it reads from disk and ranks exactly: its recall).
+Recall only, no timings (search_speed.py --archive times the index).
 
     python benchmarks/ivfpq_depth.py --vectors runs/embeddings/ucm_views.npz --size 10000000 --work runs/diag
 
@@ -26,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 DEPTHS = (10, 300, 1_000, 3_000)
+SHORTLISTS = (50, 100, 200)  # ivfpq-sq8: rows read exactly beyond k
 NPROBES = (32, 64, 128)
 
 
@@ -89,12 +92,15 @@ def main(argv=None) -> int:
         for name, q in queries.items():
             cand = candidates[(64, name)]
             for depth in DEPTHS[1:]:
-                found = []
+                ranked = []
                 for qi, ci in zip(q, cand[:, :depth]):
                     ci = ci[ci >= 0]  # ids are row numbers
-                    found.append(ci[np.argsort(-(sq.reconstruct_batch(ci) @ qi), kind="stable")[:10]])
+                    ranked.append(ci[np.argsort(-(sq.reconstruct_batch(ci) @ qi), kind="stable")[:10 + max(SHORTLISTS)]])
                 row = {"codes": qtype, "ram_mb": round(sq.sa_code_size() * n / 2 ** 20), "nprobe": 64,
-                       "queries": name, "pq_depth": depth, "recall_at_10": round(share_found(np.array(found), truth[name]), 4)}
+                       "queries": name, "pq_depth": depth,
+                       "recall_at_10": round(share_found([r[:10] for r in ranked], truth[name]), 4),
+                       **{f"in_top_k+{m}": round(share_found([r[:10 + m] for r in ranked], truth[name]), 4)
+                          for m in SHORTLISTS}}
                 res["sq_rerank"].append(row)
                 print(row, flush=True)
         del sq

@@ -8,6 +8,8 @@ and searches it through `FaissBackend` / `MilvusBackend` exactly as `priorclip s
   faiss ivfpq    PQ codes in RAM (d/8 bytes a vector), candidates re-ranked from the memory-mapped
                  re-rank file (or, as an older index, from items.sqlite); "cold cache" rows drop
                  that file from the page cache before every query
+  faiss ivfpq-sq8  the same + 8-bit copies of the vectors in RAM (d bytes a vector): they rank the
+                 PQ candidates and only their best k + shortlist are read from the re-rank file
   milvus <TYPE>  Milvus Lite (the in-process engine, a file) with its own vector index
 
 Vectors: `--vectors FILE.npz` from `embed_views.py` (real model embeddings of UCM views; without
@@ -222,13 +224,24 @@ def evict_rerank(backend, path: Path):
 def link_rerank(directory: Path, vectors_path: Path, n: int) -> dict:
     """The ivfpq index's re-rank files without a second 10 GB copy: the archive's vectors file is
     already float32 rows in id order (id = row + 1), so it is hard-linked as the file
-    `ann.rerank_writers` would write."""
+    `ann.RerankFile.writers` would write."""
     from priorclip.search.store import RERANK_IDS_NAME, RERANK_NAME
 
     (directory / RERANK_NAME).unlink(missing_ok=True)
     os.link(vectors_path, directory / RERANK_NAME)
     np.save(directory / RERANK_IDS_NAME, np.arange(1, n + 1, dtype=np.int64))
     return {"file": RERANK_NAME, "ids": RERANK_IDS_NAME, "count": n}
+
+
+def write_sq8(directory: Path, vectors: np.ndarray, ids: np.ndarray) -> dict:
+    """An ivfpq-sq8 index's 8-bit codes, written by the indexer's own code (`RerankFile.writers`);
+    returns index.json's description of them."""
+    from priorclip.search import ann
+
+    files, spec = ann.RerankFile.from_arrays(ids, vectors, ann.train_sq8(vectors)).writers()
+    with open(directory / ann.SQ8_NAME, "wb") as fh:
+        files[ann.SQ8_NAME](fh)
+    return spec["sq8"]
 
 
 def dir_bytes(path: Path) -> int:
@@ -281,26 +294,34 @@ def run_archive(args, n: int, data: dict, rng, rows: list, work: Path, log=print
             continue
         t = time.perf_counter()
         index, params = ann.build(vectors, ids, index_type)
-        build_s = time.perf_counter() - t
-        log(f"   faiss {index_type} built in {build_s:.0f} s ({params})")
         faiss.write_index(index, str(directory / FAISS_NAME))
         del index
         ram = (directory / FAISS_NAME).stat().st_size  # FAISS reads the whole structure into RAM
-        settings = [(None, None, None)]
-        if index_type == "ivfpq":
+        settings = [(None, None, None, None)]
+        if index_type in ann.IVFPQ_TYPES:
             params["rerank"] = link_rerank(directory, work / f"vectors_{n}.npy", n)
-            settings = [(int(p), int(c), source) for source in args.ivfpq_rerank.split(",")
-                        for p in args.ivfpq_nprobe.split(",") for c in args.ivfpq_candidates.split(",")]
-        for nprobe, least, source in settings:
+            candidates, shortlists, sources = args.ivfpq_candidates, [None], args.ivfpq_rerank.split(",")
+            if index_type == "ivfpq-sq8":
+                params["rerank"]["sq8"] = write_sq8(directory, vectors, ids)
+                ram += (directory / ann.SQ8_NAME).stat().st_size  # loaded whole
+                candidates, shortlists, sources = args.sq8_candidates, args.sq8_shortlist.split(","), ["file"]
+            settings = [(int(p), int(c), source, None if s is None else int(s)) for source in sources
+                        for p in args.ivfpq_nprobe.split(",") for c in candidates.split(",") for s in shortlists]
+        build_s = time.perf_counter() - t
+        log(f"   faiss {index_type} built in {build_s:.0f} s ({params})")
+        for nprobe, least, source, shortlist in settings:
             info = {"embed_dim": vectors.shape[1], "faiss": {**params, "file": FAISS_NAME}}
             if nprobe:
                 info["faiss"].update(nprobe=nprobe, min_candidates=least)
+            if shortlist:
+                info["faiss"]["shortlist"] = shortlist
             if source == "sqlite":  # as an index without re-rank file (made before there was one)
                 info["faiss"].pop("rerank")
             store = Store(directory, readonly=True)
             backend = FaissBackend(directory, info, store)
-            label = f"faiss {index_type}" + (f" nlist={params['nlist']} nprobe={nprobe} re-rank>={least:,} "
-                                             f"from {'file' if source == 'file' else 'items.sqlite'}" if nprobe else "")
+            label = f"faiss {index_type}" + (f" nlist={params['nlist']} nprobe={nprobe} re-rank>={least:,}"
+                                             + (f" sq8 top k+{shortlist}" if shortlist else "")
+                                             + f" from {'file' if source == 'file' else 'items.sqlite'}" if nprobe else "")
             record(label, backend, build_s, ram, dir_bytes(directory))
             if source == "file" and args.ivfpq_cold:
                 record(label + ", cold cache", backend, build_s, ram, dir_bytes(directory),

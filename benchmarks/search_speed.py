@@ -231,10 +231,14 @@ def main(argv=None) -> int:
                                                 "e.g. 1000000,10000000 (search_archive.py)")
     p.add_argument("--vectors", default=None, help="archive vectors: an embed_views.py npz of real model embeddings "
                                                    "(default: clustered synthetic)")
-    p.add_argument("--faiss-types", default="flat16,ivfpq", help="FAISS index types of the archive table")
+    p.add_argument("--faiss-types", default="flat16,ivfpq,ivfpq-sq8", help="FAISS index types of the archive table")
     p.add_argument("--ivfpq-nprobe", default="32,64,128", help="ivfpq probes to time (comma-separated; one build)")
     p.add_argument("--ivfpq-candidates", default="1000",
                    help="ivfpq: least candidates re-ranked exactly, values to time (comma-separated; one build)")
+    p.add_argument("--sq8-candidates", default="3000",
+                   help="ivfpq-sq8: least PQ candidates ranked by the 8-bit copies, values to time (comma-separated)")
+    p.add_argument("--sq8-shortlist", default="100",
+                   help="ivfpq-sq8: of those, k + this many read from the re-rank file, values to time (comma-separated)")
     p.add_argument("--ivfpq-rerank", default="file",
                    help="ivfpq: where candidates' vectors are read: file (the re-rank file), sqlite (items.sqlite, "
                         "as an index made without it), or both: file,sqlite")

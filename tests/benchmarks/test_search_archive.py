@@ -3,6 +3,8 @@ ground truth agrees with the index's own bbox filter, and both FAISS backends' b
 (exact scoring and the filtered ranking, over flat16 and a refined ivfpq) match it."""
 from __future__ import annotations
 
+import json
+
 import faiss
 import numpy as np
 import pytest
@@ -71,16 +73,20 @@ def test_archive_rows_cover_every_ivfpq_setting(sa, tmp_path):
     x = centres[rng.integers(0, 32, 12_200)] + 0.3 * rng.standard_normal((12_200, 32)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     data = {"base": x[:12_000], "image_q": x[12_000:12_030], "text_q": x[12_030:12_060] * -1, "target_cos": 0.95}
-    args = Namespace(k=10, faiss_types="flat16,ivfpq", flat_max=10 ** 9, ivfpq_nprobe="4",
+    args = Namespace(k=10, faiss_types="flat16,ivfpq,ivfpq-sq8", flat_max=10 ** 9, ivfpq_nprobe="4",
                      ivfpq_candidates="20,1000", ivfpq_rerank="file,sqlite", ivfpq_cold=True,
-                     milvus_max=0, row_budget=60.0)
+                     sq8_candidates="1000", sq8_shortlist="2,200", milvus_max=0, row_budget=60.0)
     rows = []
     sa.run_archive(args, 15_000, data, rng, rows, tmp_path, log=lambda *_: None)
     pq = "faiss ivfpq nlist=384 nprobe=4 re-rank>="
     want = {"faiss flat16"} | {f"{pq}{c} from {s}" for c in ("20", "1,000") for s in ("file", "items.sqlite")} | \
         {f"{pq}{c} from file, cold cache" for c in ("20", "1,000")}
+    sq8 = "faiss ivfpq-sq8 nlist=384 nprobe=4 re-rank>=1,000 sq8 top k+"
+    want |= {f"{sq8}{s} from file{cold}" for s in ("2", "200") for cold in ("", ", cold cache")}
     assert {r["backend"] for r in rows} == want
-    assert len(rows) == 5 * 2 * 3 + 2 * 2 and all(r["n"] == 15_000 and r["real"] == 12_000 for r in rows)
+    assert len(rows) == 7 * 2 * 3 + 4 * 2 and all(r["n"] == 15_000 and r["real"] == 12_000 for r in rows)
+    ram = {r["backend"]: r["ram_mb"] for r in rows}
+    assert ram[f"{sq8}200 from file"] > ram[f"{pq}20 from file"]  # + the 8-bit copies: 32 bytes a vector
     assert {r["bbox"] for r in rows if r["backend"].endswith("cold cache")} == {"none"}
     recall = {(r["backend"], r["queries"], r["bbox"]): r["recall_at_10"] for r in rows}
     for q in ("image", "text"):
@@ -89,12 +95,16 @@ def test_archive_rows_cover_every_ivfpq_setting(sa, tmp_path):
             for area in ("none", "city", "region"):
                 assert recall[(f"{pq}{c} from file", q, area)] == recall[(f"{pq}{c} from items.sqlite", q, area)]
             assert recall[(f"{pq}{c} from file, cold cache", q, "none")] == recall[(f"{pq}{c} from file", q, "none")]
+        # the 8-bit ranking keeps the true neighbours within a margin: a wider one loses nothing
+        assert recall[(f"{sq8}200 from file", q, "none")] >= recall[(f"{sq8}2 from file", q, "none")]
+        assert recall[(f"{sq8}200 from file", q, "none")] >= recall[(f"{pq}1,000 from file", q, "none")] - 0.05
     assert list(tmp_path.iterdir()) == []
 
 
 def test_linked_rerank_file_is_what_the_indexer_publishes(sa, tmp_path):
     """The indexer's own finish + publish of an ivfpq index writes the re-rank files the benchmark
     hard-links (byte for byte), searches read them, and a switch back to flat16 removes them."""
+    from priorclip.search import ann
     from priorclip.search.backends.faiss_backend import FaissBackend
     from priorclip.search.index import _finish, _publish
     from priorclip.search.store import Store
@@ -118,8 +128,51 @@ def test_linked_rerank_file_is_what_the_indexer_publishes(sa, tmp_path):
     assert backend.rerank is not None
     hits = backend.search(vectors[5], 10)
     assert hits[0][0] == 6 and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    # ivfpq-sq8: the same files + the 8-bit copies, loaded into RAM and used to pick the rows read
+    info, files = _finish(store, out, {"embed_dim": 16}, settings, "ivfpq-sq8", "now", lambda *_: None)
+    _publish(out, files, None, info)
+    assert info["faiss"]["rerank"]["sq8"]["file"] == "vectors.sq8.npy" and info["faiss"]["shortlist"] == 100
+    assert info["faiss"]["recall_at_10"] >= 0.95
+    backend = FaissBackend(out, info, store)
+    assert backend.rerank.codes.shape == (12_000, 16) and not isinstance(backend.rerank.codes, np.memmap)
+    hits = backend.search(vectors[5], 10)
+    assert hits[0][0] == 6 and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    # a damaged codes file is reported, and items.sqlite serves the same answers
+    said = []
+    np.save(out / "vectors.sq8.npy", np.zeros((5, 16), np.uint8))
+    assert ann.RerankFile.open(out, info["faiss"]["rerank"], log=said.append) is None
+    assert "vectors.rerank.npy" in said[0] and "8-bit codes of shape (5, 16)" in said[0] and "rebuild" in said[0]
+    assert FaissBackend(out, info, store).search(vectors[5], 10)[0][0] == 6
     info, files = _finish(store, out, {"embed_dim": 16}, settings, "flat16", "now", lambda *_: None)
     _publish(out, files, None, info)
-    assert not (out / "vectors.rerank.npy").exists() and not (out / "vectors.rerank-ids.npy").exists()
+    assert not any((out / name).exists() for name in ("vectors.rerank.npy", "vectors.rerank-ids.npy", "vectors.sq8.npy"))
     assert [i for i, _ in FaissBackend(out, info, store).search(vectors[5], 10)][0] == 6
     store.close()
+
+
+@pytest.mark.slow
+def test_ivfpq_depth_reports_how_deep_the_true_neighbours_lie(tmp_path):
+    """benchmarks/ivfpq_depth.py on a small archive of embed_views.py's layout: the share of the
+    exact top 10 found can only grow with the PQ depth and with the 8-bit shortlist's margin."""
+    depth = load_script("benchmarks/ivfpq_depth.py", "priorclip_ivfpq_depth")
+    rng = np.random.default_rng(8)
+    centres = rng.standard_normal((64, 32)).astype(np.float32)
+    images = centres[rng.integers(0, 64, 6_000)] + 0.5 * rng.standard_normal((6_000, 32)).astype(np.float32)
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    image_of = np.arange(6_000) % 300
+    np.savez(tmp_path / "views.npz", images=images, image_of=image_of,
+             image_split=np.array(["train"] * 200 + ["test"] * 100), texts=images[:500] * -1,
+             text_image=np.arange(500) % 300, model='{"checkpoint": "synthetic"}')
+    out = tmp_path / "depth.json"
+    assert depth.main(["--vectors", str(tmp_path / "views.npz"), "--size", "10000", "--work", str(tmp_path / "w"),
+                       "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["size"] == 10_000 and res["index"]["type"] == "ivfpq" and len(res["pq_depth"]) == 6
+    for row in res["pq_depth"]:
+        shares = [row[f"in_top_{d}"] for d in depth.DEPTHS]
+        assert shares == sorted(shares) and 0 < shares[-1] <= 1
+    sq8 = [r for r in res["sq_rerank"] if r["codes"] == "QT_8bit"]
+    assert len(sq8) == 2 * 3
+    for row in sq8:
+        found = [row["recall_at_10"]] + [row[f"in_top_k+{m}"] for m in depth.SHORTLISTS]
+        assert found == sorted(found), row

@@ -372,7 +372,7 @@ def test_ivfpq_keeps_codes_in_ram_and_reranks_exactly_from_disk(tmp_path):
 
     # the re-rank file: the same hits and scores without touching items.sqlite
     shuffled = rng.permutation(len(ids))  # written in id order whatever order the vectors come in
-    files, spec = ann.rerank_writers(ids[shuffled], x[shuffled])
+    files, spec = ann.RerankFile.from_arrays(ids[shuffled], x[shuffled]).writers()
     for name, write in files.items():
         with open(tmp_path / name, "wb") as fh:
             write(fh)
@@ -404,13 +404,42 @@ def test_ivfpq_keeps_codes_in_ram_and_reranks_exactly_from_disk(tmp_path):
     assert ann.RerankFile.open(tmp_path, None) is None
 
 
+def test_sq8_codes_pick_the_rows_read_from_disk(tmp_path):
+    """`ivfpq-sq8`: of the candidates, only the `keep` whose FAISS 8-bit codes score best are read
+    (ids the file lacks still pass to items.sqlite); the codes survive writing and opening."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(100, 4100)
+    sq = ann.train_sq8(x)
+    files, spec = ann.RerankFile.from_arrays(ids, x, sq).writers()
+    for name, write in files.items():
+        with open(tmp_path / name, "wb") as fh:
+            write(fh)
+    assert set(spec["sq8"]) == {"file", "trained"} and len(spec["sq8"]["trained"]) == 2 * 32
+    rerank = ann.RerankFile.open(tmp_path, spec)
+    np.testing.assert_array_equal(rerank.codes, sq.compute_codes(x))
+    q, cand = x[7], np.append(rng.choice(ids, 500, replace=False), 99_999)
+    found, vecs, missing = rerank.vectors_of(cand, q, 20)
+    approx = sq.decode(sq.compute_codes(x[cand[:-1] - 100])) @ q
+    assert set(found.tolist()) == set(cand[:-1][np.argsort(-approx)[:20]].tolist()) and missing.tolist() == [99_999]
+    np.testing.assert_array_equal(vecs, x[found - 100])
+    assert len(rerank.vectors_of(cand, q, 600)[0]) == 500  # keep >= candidates: all of them
+    assert len(rerank.vectors_of(cand)[0]) == 500  # no query: no 8-bit ranking
+    # the same build ranks through the codes when its recall is measured
+    index, params = ann.build(np.repeat(x, 3, 0) + 0.01 * rng.standard_normal((12_000, 32)).astype(np.float32),
+                              np.arange(12_000), "ivfpq-sq8")
+    assert params["shortlist"] == ann.IVFPQ_SQ8_SHORTLIST and params["min_candidates"] == ann.IVFPQ_SQ8_MIN_CANDIDATES
+    assert ann.shortlist_count(params, 10) == 110 and ann.shortlist_count({"type": "ivfpq"}, 10) is None
+
+
 def test_rerank_file_asks_for_every_candidate_page_before_reading(tmp_path):
     """Cold rows are requested together (madvise WILLNEED) so the disk serves them in parallel:
     each read row's bytes lie inside an advised range, also for a view that starts mid-file."""
     import mmap
 
     x = np.random.default_rng(5).standard_normal((3000, 48)).astype(np.float32)  # 192-byte rows cross pages
-    files, spec = ann.rerank_writers(np.arange(3000), x)
+    files, spec = ann.RerankFile.from_arrays(np.arange(3000), x).writers()
     for name, write in files.items():
         with open(tmp_path / name, "wb") as fh:
             write(fh)

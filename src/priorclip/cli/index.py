@@ -24,6 +24,7 @@ examples:
   priorclip index s2/ --model CKPT --out idx/ --bands 4,3,2 --min-valid 0.2  # by number; keep ragged edges
   priorclip index /data/archive --model CKPT --out idx/ --index-type flat   # float32, bit-exact scores
   priorclip index /data/archive --model CKPT --out idx/ --index-type hnsw   # approximate, for millions
+  priorclip index /data/archive --model CKPT --out idx/ --index-type ivfpq-sq8   # 10 M+: ~3 GB RAM at 10 M
   priorclip index /data/archive --model CKPT --out idx/ --backend milvus --uri idx.milvus.db   # Milvus Lite
   priorclip index /data/archive --model CKPT --out idx/ --backend milvus --uri http://milvus:19530
   # four machines, then one merge:

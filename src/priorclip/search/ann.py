@@ -11,7 +11,10 @@ guess. `ivfpq` is for archives whose vectors do not fit in RAM: the FAISS file h
 product-quantised codes (d/8 bytes a vector: 32 bytes for 256-d, a sixteenth of float32), and
 the top `refine` x k candidates are re-ranked exactly with their float32 vectors, read from a
 memory-mapped file beside it (`RerankFile`; items.sqlite for an index without one), so the scores
-returned are exact and only the candidate list is approximate.
+returned are exact and only the candidate list is approximate. `ivfpq-sq8` also keeps 8-bit
+copies of the vectors in RAM (d bytes a vector): they rank a deeper PQ candidate list cheaply and
+only their best ~100 are read from the file, so a query pays for 100 disk reads instead of 1,000
+and the PQ ranking can be searched deeper for the same time.
 """
 from __future__ import annotations
 
@@ -22,13 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from priorclip.errors import ConfigError
-from priorclip.search.store import RERANK_IDS_NAME, RERANK_NAME
+from priorclip.search.store import RERANK_IDS_NAME, RERANK_NAME, SQ8_NAME
 
-INDEX_TYPES = ("flat16", "flat", "hnsw", "ivf", "ivfpq")
+INDEX_TYPES = ("flat16", "flat", "hnsw", "ivf", "ivfpq", "ivfpq-sq8")
+IVFPQ_TYPES = ("ivfpq", "ivfpq-sq8")
 DEFAULT_INDEX_TYPE = "flat16"
 INDEX_TYPE_HELP = ("flat16 = exhaustive over float16 vectors (default; recall@10 vs float32 reported); "
                    "flat = exhaustive float32, bit-exact; hnsw/ivf = approximate, recall@10 reported; "
-                   "ivfpq = compressed codes in RAM (d/8 bytes a vector), exact re-ranking from disk")
+                   "ivfpq = compressed codes in RAM (d/8 bytes a vector), exact re-ranking from disk; "
+                   "ivfpq-sq8 = the same + 8-bit vectors in RAM (d bytes a vector) so that far fewer rows are "
+                   "read from disk")
 IVFPQ_MIN_VECTORS = 10_000  # PQ's 256-centroid codebooks need about 39 x 256 training vectors
 # candidates re-ranked exactly: refine x k for k <= IVFPQ_REFINE_DEPTH, at least
 # IVFPQ_MIN_CANDIDATES (index.json's faiss.min_candidates overrides it). In a trial on clustered
@@ -40,6 +46,14 @@ IVFPQ_MIN_CANDIDATES = 1_000
 # the factor applies to the first 100 hits; a deeper fetch (a bbox-filtered ranking going down
 # the list) adds the same margin of candidates instead of multiplying its depth
 IVFPQ_REFINE_DEPTH = 100
+# ivfpq-sq8: the PQ ranking's top IVFPQ_SQ8_MIN_CANDIDATES (at least) are scored from the 8-bit
+# copies in RAM, and the best k + IVFPQ_SQ8_SHORTLIST of those read from disk and ranked exactly.
+# At 10 M real embeddings the PQ top 3,000 held 0.994-1.000 of the true top 10, the top 1,000
+# 0.968-0.993 (benchmarks/results_ivfpq_depth.json); 8-bit scores alone put 0.90-0.93 of it in
+# their own top 10, so a margin of 100 behind them is read exactly
+IVFPQ_SQ8_MIN_CANDIDATES = 3_000
+IVFPQ_SQ8_SHORTLIST = 100
+IVFPQ_SQ8_TRAIN = 262_144  # vectors sampled to train the 8-bit ranges (min/max a dimension)
 # k-means over nlist x 64 training vectors costs ~ nlist^2: 4,096 lists train in minutes where
 # 4 sqrt(n) = 12,649 at 10 M would take about an hour on two cores (an estimate); a search probes IVFPQ_NPROBE of them
 IVFPQ_MAX_NLIST = 4_096
@@ -84,9 +98,9 @@ def build(vectors: np.ndarray, ids: np.ndarray, index_type: str = "flat", *, nli
         index = faiss.IndexIDMap2(inner)
         params.update(M=HNSW_M, efConstruction=ef_construction, efSearch=ef_search)
     else:
-        nlist = nlist or (min(ivf_nlist(n), IVFPQ_MAX_NLIST) if index_type == "ivfpq" else ivf_nlist(n))
+        nlist = nlist or (min(ivf_nlist(n), IVFPQ_MAX_NLIST) if index_type in IVFPQ_TYPES else ivf_nlist(n))
         quantizer = faiss.IndexFlatIP(d)
-        if index_type == "ivfpq":
+        if index_type in IVFPQ_TYPES:
             if n < IVFPQ_MIN_VECTORS:
                 raise ConfigError(f"--index-type ivfpq needs at least {IVFPQ_MIN_VECTORS:,} vectors to train its "
                                   f"codebooks (this index has {n:,}); flat16 is exact and fast at this size")
@@ -96,6 +110,8 @@ def build(vectors: np.ndarray, ids: np.ndarray, index_type: str = "flat", *, nli
             inner = faiss.IndexPreTransform(faiss.OPQMatrix(d, m),
                                             faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT))
             params.update(pq_bytes=m, opq=True, refine=IVFPQ_REFINE)
+            if index_type == "ivfpq-sq8":
+                params.update(min_candidates=IVFPQ_SQ8_MIN_CANDIDATES, shortlist=IVFPQ_SQ8_SHORTLIST)
             train_per_list = max(train_per_list, -(-IVFPQ_MIN_VECTORS // nlist))
         else:
             inner = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -105,7 +121,7 @@ def build(vectors: np.ndarray, ids: np.ndarray, index_type: str = "flat", *, nli
             train = vectors[np.sort(rng.choice(n, nlist * train_per_list, replace=False))]
         if n:
             inner.train(train)
-        default = IVFPQ_NPROBE if index_type == "ivfpq" else max(8, nlist // 16)
+        default = IVFPQ_NPROBE if index_type in IVFPQ_TYPES else max(8, nlist // 16)
         ivf = faiss.extract_index_ivf(inner)
         ivf.nprobe = min(nlist, nprobe or default)
         index = inner
@@ -124,12 +140,38 @@ def _pq_bytes(d: int) -> int:
 
 
 def refine_count(params: dict | None, k: int) -> int | None:
-    """How many candidates an `ivfpq` search re-ranks for k hits (None: the index is not refined)."""
-    if not params or params.get("type") != "ivfpq":
+    """How many PQ candidates an `ivfpq` search ranks again for k hits (None: the index is not refined)."""
+    if not params or params.get("type") not in IVFPQ_TYPES:
         return None
     refine = int(params.get("refine", IVFPQ_REFINE))
     least = int(params.get("min_candidates", IVFPQ_MIN_CANDIDATES))
     return max(k + (refine - 1) * min(k, IVFPQ_REFINE_DEPTH), least)
+
+
+def shortlist_count(params: dict | None, k: int) -> int | None:
+    """How many of those an `ivfpq-sq8` search reads from disk after ranking them by their 8-bit
+    copies (None: every candidate is read)."""
+    if not params or not params.get("shortlist"):
+        return None
+    return k + int(params["shortlist"])
+
+
+def train_sq8(vectors: np.ndarray, seed: int = 0):
+    """FAISS's 8-bit scalar quantiser (a min and a range a dimension) fitted to a sample of `vectors`."""
+    faiss = _faiss()
+    sq = faiss.ScalarQuantizer(vectors.shape[1], faiss.ScalarQuantizer.QT_8bit)
+    rows = np.arange(len(vectors))
+    if len(rows) > IVFPQ_SQ8_TRAIN:
+        rows = np.sort(np.random.default_rng(seed).choice(len(rows), IVFPQ_SQ8_TRAIN, replace=False))
+    sq.train(np.ascontiguousarray(vectors[rows], np.float32))
+    return sq
+
+
+def _sq8_from(trained: list, d: int):
+    faiss = _faiss()
+    sq = faiss.ScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit)
+    faiss.copy_array_to_vector(np.asarray(trained, np.float32), sq.trained)
+    return sq
 
 
 def rerank(q: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +229,7 @@ def apply_params(index, params: dict) -> None:
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
     if params.get("type") == "hnsw" and hasattr(inner, "hnsw"):
         inner.hnsw.efSearch = int(params.get("efSearch", HNSW_EF_SEARCH))
-    if params.get("type") in ("ivf", "ivfpq"):
+    if params.get("type") in ("ivf", *IVFPQ_TYPES):
         faiss.extract_index_ivf(index).nprobe = int(params.get("nprobe", 8))
 
 
@@ -217,10 +259,10 @@ def exact_topk(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int
 
 
 def recall_at_k(index, vectors: np.ndarray, ids: np.ndarray, k: int = 10, n_queries: int = 500,
-                seed: int = 0, params: dict | None = None) -> float | None:
+                seed: int = 0, params: dict | None = None, rerank_file: "RerankFile | None" = None) -> float | None:
     """Mean fraction of the exact top-k that `index` returns, with a sample of the indexed
     vectors as queries (image-to-image search over the archive); an `ivfpq` index (`params`) is
-    measured as it is searched, with its exact re-ranking."""
+    measured as it is searched, re-ranked through `rerank_file` (default: `vectors` in RAM)."""
     n = len(ids)
     if n == 0:
         return None
@@ -232,27 +274,14 @@ def recall_at_k(index, vectors: np.ndarray, ids: np.ndarray, k: int = 10, n_quer
     if fetch is None:
         _, got = index.search(np.ascontiguousarray(q, dtype=np.float32), k)
     else:
-        row = {int(i): r for r, i in enumerate(ids)}
+        rerank_file = rerank_file or RerankFile.from_arrays(ids, vectors)
         _, cand = index.search(np.ascontiguousarray(q, dtype=np.float32), min(fetch, n))
         got = []
         for qi, c in zip(q, cand):
-            c = c[c >= 0]
-            got.append(rerank(qi, c, vectors[[row[int(i)] for i in c]], k)[1])
+            found, vecs, _ = rerank_file.vectors_of(c[c >= 0], qi, shortlist_count(params, k))
+            got.append(rerank(qi, found, vecs, k)[1])
     hits = [len(set(t.tolist()) & set(g.tolist())) for t, g in zip(truth, got)]
     return float(np.mean(hits) / k)
-
-
-def rerank_writers(ids: np.ndarray, vectors: np.ndarray) -> tuple[dict, dict]:
-    """The files an `ivfpq` index re-ranks from (name -> writer of an open binary file, for
-    `store.publish`) and their description for index.json: the float32 vectors as .npy rows in
-    ascending id order, and those ids."""
-    ids = np.asarray(ids, np.int64)
-    if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
-        order = np.argsort(ids, kind="stable")
-        ids, vectors = ids[order], np.asarray(vectors)[order]
-    files = {RERANK_NAME: lambda fh: np.save(fh, np.asarray(vectors, np.float32)),
-             RERANK_IDS_NAME: lambda fh: np.save(fh, ids)}
-    return files, {"file": RERANK_NAME, "ids": RERANK_IDS_NAME, "count": int(len(ids))}
 
 
 class RerankFile:
@@ -261,12 +290,13 @@ class RerankFile:
     query more at 1 M (the archive benchmark). Rows not in the page cache are asked for all
     at once (madvise WILLNEED) before they are read, so the disk serves them in parallel instead
     of one page fault after another: 1,000 cold rows took 16-18 ms instead of 0.7-1.0 s in a trial
-    on this machine's disk, at ~1.3 ms of system calls when they are cached."""
+    on this machine's disk, at ~1.3 ms of system calls when they are cached. With 8-bit copies
+    (`codes`, `ivfpq-sq8`, held in RAM) only the candidates they rank best are read."""
 
-    def __init__(self, vectors: np.ndarray, ids: np.ndarray):
+    def __init__(self, vectors: np.ndarray, ids: np.ndarray, codes: np.ndarray | None = None, sq=None):
         import mmap
 
-        self.vectors, self.ids = vectors, ids
+        self.vectors, self.ids, self.codes, self.sq = vectors, ids, codes, sq
         self._row_bytes = vectors.shape[1] * vectors.itemsize
         self._map = getattr(vectors, "_mmap", None)  # np.memmap's mapping (None: an array in RAM)
         if (self._map is not None and vectors.strides[0] == self._row_bytes
@@ -276,32 +306,81 @@ class RerankFile:
             self._map = None
 
     @classmethod
-    def open(cls, directory: str | Path, spec: dict | None) -> "RerankFile | None":
+    def from_arrays(cls, ids: np.ndarray, vectors: np.ndarray, sq=None) -> "RerankFile":
+        """In RAM, rows put in id order (for `writers` and for measuring recall at build time);
+        with `sq` (`train_sq8`) also the 8-bit codes."""
+        ids = np.asarray(ids, np.int64)
+        if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
+            order = np.argsort(ids, kind="stable")
+            ids, vectors = ids[order], np.asarray(vectors)[order]
+        codes = None
+        if sq is not None:
+            codes = np.empty(vectors.shape, np.uint8)
+            for start in range(0, len(ids), 262_144):  # in chunks: no float32 copy of the whole archive
+                codes[start:start + 262_144] = sq.compute_codes(
+                    np.ascontiguousarray(vectors[start:start + 262_144], np.float32))
+        return cls(vectors, ids, codes, sq)
+
+    def writers(self) -> tuple[dict, dict]:
+        """The files (name -> writer of an open binary file, for `store.publish`) and their
+        description for index.json: float32 rows in ascending id order, those ids, and for
+        `ivfpq-sq8` the 8-bit codes (their quantiser's ranges kept in the description)."""
+        vectors = self.vectors
+        files = {RERANK_NAME: lambda fh: np.save(fh, np.asarray(vectors, np.float32)),
+                 RERANK_IDS_NAME: lambda fh: np.save(fh, np.asarray(self.ids, np.int64))}
+        spec = {"file": RERANK_NAME, "ids": RERANK_IDS_NAME, "count": int(len(self.ids))}
+        if self.codes is not None:
+            files[SQ8_NAME] = lambda fh: np.save(fh, self.codes)
+            spec["sq8"] = {"file": SQ8_NAME, "trained": _faiss().vector_to_array(self.sq.trained).tolist()}
+        return files, spec
+
+    @classmethod
+    def open(cls, directory: str | Path, spec: dict | None, log=None) -> "RerankFile | None":
         """The index's re-rank file, or None when index.json names none or the files on disk are
-        not the ones it names (a run killed while publishing: items.sqlite serves instead)."""
+        not the ones it names (a run killed while publishing: items.sqlite serves instead, and
+        `log` is told why)."""
         if not spec:
             return None
+        directory = Path(directory)
         try:
-            vectors = np.load(Path(directory) / spec["file"], mmap_mode="r")
-            ids = np.load(Path(directory) / spec["ids"], mmap_mode="r")
-        except (OSError, ValueError):
+            vectors = np.load(directory / spec["file"], mmap_mode="r")
+            ids = np.load(directory / spec["ids"], mmap_mode="r")
+            codes = np.load(directory / spec["sq8"]["file"]) if spec.get("sq8") else None  # into RAM
+        except (OSError, ValueError, KeyError) as e:
+            problem = f"cannot be read ({e})"
+        else:
+            problem = None
+            if vectors.ndim != 2 or len(vectors) != len(ids) or len(ids) != int(spec.get("count", -1)):
+                problem = (f"holds {len(ids):,} ids and {vectors.shape} vectors where index.json says "
+                           f"{spec.get('count')}")
+            elif codes is not None and (codes.shape != vectors.shape or codes.dtype != np.uint8):
+                problem = f"has 8-bit codes of shape {codes.shape} ({codes.dtype}) for vectors {vectors.shape}"
+        if problem:
+            if log:
+                log(f"[search] {directory / spec.get('file', RERANK_NAME)}: the re-rank files {problem}; "
+                    f"reading vectors from items.sqlite instead (slower): rebuild the index to restore them")
             return None
-        if vectors.ndim != 2 or len(vectors) != len(ids) or len(ids) != int(spec.get("count", -1)):
-            return None
-        return cls(vectors, ids)
+        sq = _sq8_from(spec["sq8"]["trained"], vectors.shape[1]) if codes is not None else None
+        return cls(vectors, ids, codes, sq)
 
-    def vectors_of(self, ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids found, their vectors, ids not in the file), read in file order."""
+    def vectors_of(self, ids, query: np.ndarray | None = None,
+                   keep: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids found, their vectors, ids not in the file), read in file order; with 8-bit codes,
+        a `query` and `keep`, only the `keep` found ids whose codes score best against `query`."""
         want = np.asarray(ids, np.int64).reshape(-1)
         if not len(self.ids) or not len(want):
             return want[:0], np.zeros((0, self.vectors.shape[1]), np.float32), want
         rows = np.minimum(np.searchsorted(self.ids, want), len(self.ids) - 1)
         found = np.asarray(self.ids[rows]) == want
-        rows = rows[found]
+        rows, found_ids = rows[found], want[found]
+        if self.codes is not None and query is not None and keep is not None and len(rows) > keep:
+            scores = self.sq.decode(self.codes[rows]) @ np.asarray(query, np.float32).reshape(-1)
+            best = np.argpartition(-scores, keep - 1)[:keep]
+            rows, found_ids = rows[best], found_ids[best]
         order = np.argsort(rows, kind="stable")
         rows = rows[order]
         self._prefetch(rows)
-        return want[found][order], np.asarray(self.vectors[rows], np.float32), want[~found]
+        return found_ids[order], np.asarray(self.vectors[rows], np.float32), want[~found]
 
     def _prefetch(self, rows: np.ndarray) -> None:
         if self._map is None or not len(rows):

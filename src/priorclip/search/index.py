@@ -258,7 +258,7 @@ def _publish(out: Path, ann_files: dict, report: dict | None, info: dict) -> Non
         files[REPORT_NAME] = json_bytes(report)
     files[INDEX_JSON] = json_bytes(info)
     publish(out, files)
-    for name in (ann.RERANK_NAME, ann.RERANK_IDS_NAME):
+    for name in (ann.RERANK_NAME, ann.RERANK_IDS_NAME, ann.SQ8_NAME):
         if name not in files:
             (out / name).unlink(missing_ok=True)
 
@@ -282,17 +282,20 @@ def _finish(store: Store, out: Path, model: dict, settings: dict, index_type: st
         ids, vecs = store.all_vectors(dim)
         t = time.perf_counter()
         index, params = ann.build(vecs, ids, index_type)
+        rerank = None
+        if index_type in ann.IVFPQ_TYPES:  # the vectors it re-ranks from, in id order (+ 8-bit copies)
+            rerank = ann.RerankFile.from_arrays(ids, vecs, ann.train_sq8(vecs) if index_type == "ivfpq-sq8" else None)
         params["build_seconds"] = round(time.perf_counter() - t, 3)
         if index_type != "flat":
-            params["recall_at_10"] = ann.recall_at_k(index, vecs, ids, k=10, params=params)
+            params["recall_at_10"] = ann.recall_at_k(index, vecs, ids, k=10, params=params, rerank_file=rerank)
             log(f"[index] {index_type} recall@10 against exact search: {params['recall_at_10']:.3f} "
                 f"({len(ids)} vectors)" if params["recall_at_10"] is not None else "[index] empty index")
         else:
             params["recall_at_10"] = 1.0
         params["file"] = FAISS_NAME
         files[FAISS_NAME] = lambda fh: write_faiss(index, fh)
-        if index_type == "ivfpq":
-            rerank_files, params["rerank"] = ann.rerank_writers(ids, vecs)
+        if rerank is not None:
+            rerank_files, params["rerank"] = rerank.writers()
             files = {**rerank_files, **files}  # renamed before the FAISS file that needs them
     counts = store.counts()
     info = {

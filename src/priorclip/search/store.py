@@ -39,6 +39,7 @@ INDEX_JSON = "index.json"
 DB_NAME = "items.sqlite"
 FAISS_NAME = "vectors.faiss"
 RERANK_NAME, RERANK_IDS_NAME = "vectors.rerank.npy", "vectors.rerank-ids.npy"  # an ivfpq index's exact vectors
+SQ8_NAME = "vectors.sq8.npy"  # an ivfpq-sq8 index's 8-bit copies of them
 REPORT_NAME = "report.json"
 FORMAT_VERSION = 2
 # (table, column, type) added after format 1; ALTER TABLE adds them to an older database

@@ -1,6 +1,7 @@
 """The embedded backend: a FAISS file beside items.sqlite (see `search.ann` for the index types)."""
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import numpy as np
 from priorclip.errors import DataError
 from priorclip.search import ann
 from priorclip.search.store import FAISS_NAME
+
+_log = logging.getLogger(__name__)
 
 # A bbox is ranked one of two ways. Exactly from its items' stored vectors: the cost grows with the
 # items in the box (reading each one's vector and box). Or by filtering the ANN ranking, testing its
@@ -42,7 +45,7 @@ class FaissBackend:
             raise DataError(f"{Path(directory) / 'index.json'}: faiss.min_candidates must be a whole number >= 1 "
                             f"(candidates an ivfpq search re-ranks), not {least!r}; fix it or remove the key")
         self.ann = ann.load(faiss_file, self.params)
-        self.rerank = ann.RerankFile.open(directory, self.params.get("rerank"))
+        self.rerank = ann.RerankFile.open(directory, self.params.get("rerank"), log=_log.warning)
         self.store = store
         self.dim = int(info["embed_dim"])
 
@@ -88,15 +91,16 @@ class FaissBackend:
             scores, ids = self.ann.search(q, k)
             return scores[0], ids[0]
         _, cand = self.ann.search(q, min(candidates, self.count()))
-        ids, vecs = self._vectors_of(cand[0][cand[0] >= 0])
+        ids, vecs = self._vectors_of(cand[0][cand[0] >= 0], q[0], ann.shortlist_count(self.params, k))
         return ann.rerank(q[0], ids, vecs, k)
 
-    def _vectors_of(self, ids) -> tuple[np.ndarray, np.ndarray]:
-        """Stored float32 vectors of `ids`: from the re-rank file where the index has one, the
-        rest (and every id of an index without one) from items.sqlite."""
+    def _vectors_of(self, ids, query=None, keep=None) -> tuple[np.ndarray, np.ndarray]:
+        """Stored float32 vectors of `ids`: from the re-rank file where the index has one (for
+        `ivfpq-sq8` only the `keep` its 8-bit copies rank best against `query`), the rest (and
+        every id of an index without one) from items.sqlite."""
         if self.rerank is None:
             return self.store.vectors_of(ids, self.dim)
-        found, vecs, missing = self.rerank.vectors_of(ids)
+        found, vecs, missing = self.rerank.vectors_of(ids, query, keep)
         if len(missing):
             more_ids, more = self.store.vectors_of(missing.tolist(), self.dim)
             found, vecs = np.concatenate([found, more_ids]), np.concatenate([vecs, more])

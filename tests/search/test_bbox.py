@@ -184,3 +184,40 @@ def test_deep_ivfpq_fetches_rerank_a_margin_not_a_multiple():
     assert ann.refine_count({"type": "ivfpq"}, 100) == 3_000
     assert ann.refine_count({"type": "ivfpq"}, 5_000) == 5_000 + 29 * 100
     assert ann.refine_count({"type": "flat16"}, 10) is None
+
+
+def test_filtered_ranking_sizes_its_next_fetch_from_the_share_kept():
+    """A box with 0.2 % of the archive: the next fetch is sized from the share of tested hits the
+    box kept, so 10 hits take at most three searches (doubling from 100 took seven), and they are
+    the exact top 10 inside the box."""
+    from priorclip.search import ann
+    from priorclip.search.backends.faiss_backend import FaissBackend
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((20_000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(20_000, dtype=np.int64)
+    index, _ = ann.build(x, ids, "flat")
+    calls = []
+
+    class Counting:
+        ntotal = index.ntotal
+
+        def search(self, q, k):
+            calls.append(k)
+            return index.search(q, k)
+
+    class InBox:  # every 500th id lies in the box
+        def ids_in_bbox(self, bbox, limit=None):
+            return None  # more than the exact-scoring limit
+
+        def meeting(self, bbox, some):
+            return [i for i in some if i % 500 == 0]
+
+    backend = object.__new__(FaissBackend)
+    backend.ann, backend.params, backend.store, backend.dim = Counting(), {"type": "flat"}, InBox(), 16
+    hits = backend.search(x[3], 10, bbox=object())
+    inside = ids[ids % 500 == 0]
+    truth = inside[np.argsort(-(x[inside] @ x[3]))[:10]]
+    assert [i for i, _ in hits] == truth.tolist()
+    assert len(calls) <= 3, calls

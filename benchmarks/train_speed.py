@@ -171,21 +171,21 @@ class StepBench:
         from torch import nn
 
         import priorclip.models as pm
-        from priorclip.training import loop
+        from priorclip.training import data, logger, loop, optim
 
         logging.getLogger("priorclip.training").setLevel(logging.ERROR)  # e.g. "random prior" warnings
-        self.torch, self.loop = torch, loop
+        self.torch, self.optim = torch, optim
         run_dir.mkdir(parents=True, exist_ok=True)
         self.recipe = r = make_recipe(spec, run_dir)
         self.trainer = t = loop.Trainer(r, run_dir)
         t.build()
-        t.opt = torch.optim.AdamW(loop.param_groups(t.model, r.weight_decay), lr=r.lr, betas=tuple(r.betas), eps=r.eps)
-        t.sched = torch.optim.lr_scheduler.LambdaLR(t.opt, loop.lr_lambda(10_000, r.warmup_steps, r.schedule,
-                                                                          r.min_lr_ratio))
+        t.opt = torch.optim.AdamW(optim.param_groups(t.model, r.weight_decay), lr=r.lr, betas=tuple(r.betas), eps=r.eps)
+        t.sched = torch.optim.lr_scheduler.LambdaLR(t.opt, optim.lr_lambda(10_000, r.warmup_steps, r.schedule,
+                                                                           r.min_lr_ratio))
         t.scaler = torch.amp.GradScaler(t.device.type, enabled=r.precision == "fp16")
         t.step = 0
         self.text_cache = t._text_cache()
-        self.prior_cache = t._prior_cache(loop._Logger(None, False))
+        self.prior_cache = t._prior_cache(logger.Logger(None, False))
         self.loss_fn = pm.PriorCLIPLoss(affiliation_weight=r.affiliation_weight if r.stage == "closed" else 0.0)
         fwd = loop._Forward(t.model, r.stage)
         if t.info.enabled:
@@ -195,9 +195,9 @@ class StepBench:
         self.autocast = {"device_type": t.device.type,
                          "dtype": torch.bfloat16 if r.precision == "bf16" else torch.float16,
                          "enabled": r.precision != "fp32"}
-        wrapped = loop._SeededSamples(t.train_ds, r.seed, one_caption=r.data.captions == "one")
-        idx = loop.epoch_batches(len(t.train_ds), r.batch_size, r.seed, 0, t.info)[0]
-        self.batch = loop._collate([wrapped[i] for i in idx])
+        wrapped = data.SeededSamples(t.train_ds, r.seed, one_caption=r.data.captions == "one")
+        idx = data.epoch_batches(len(t.train_ds), r.batch_size, r.seed, 0, t.info)[0]
+        self.batch = data.collate([wrapped[i] for i in idx])
         self.batch_size = len(idx)
         t.model.train()
 
@@ -224,7 +224,7 @@ class StepBench:
         t.scaler.update()
         t.opt.zero_grad(set_to_none=True)
         t.sched.step()
-        self.loop._clamp_temperatures(t.model)
+        self.optim.clamp_temperatures(t.model)
         t.step += 1
         self._sync()
         return time.perf_counter() - start

@@ -177,7 +177,7 @@ def test_rs5m_keys_are_read_and_foreign_layouts_fail_fast(tmp_path):
 
 def test_recipe_shard_keys_reach_the_pipeline(tmp_path):
     from priorclip.errors import ConfigError
-    from priorclip.training.loop import shard_keys
+    from priorclip.training.data import shard_keys
     from priorclip.training.recipe import recipe_from_dict
 
     base = {"stage": "pretrain", "model": "priorclip-open-small",

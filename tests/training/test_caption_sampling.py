@@ -3,13 +3,13 @@ import pytest
 
 from priorclip.data.karpathy import KarpathyCaptions
 from priorclip.errors import ConfigError
-from priorclip.training.loop import _SeededSamples
+from priorclip.training.data import SeededSamples
 from priorclip.training.recipe import recipe_from_dict
 
 
 def test_one_caption_per_image_is_seeded_and_consistent(tiny_dataset):
     ds = KarpathyCaptions(tiny_dataset, split="train", mode="images", transforms=lambda im: im.size)
-    samples = _SeededSamples(ds, seed=3, one_caption=True)
+    samples = SeededSamples(ds, seed=3, one_caption=True)
     first = [samples[i] for i in range(len(samples))]
     assert len(first) == ds.num_images
     for i, (_, caption, image_id, caption_id, _) in enumerate(first):

@@ -9,7 +9,8 @@ import torch
 
 import priorclip.models as pm
 from priorclip.evaluation.encode import evaluate_model
-from priorclip.training.loop import Trainer, frozen_prior
+from priorclip.training.loop import Trainer
+from priorclip.training.prior import frozen_prior
 from priorclip.training.recipe import recipe_from_dict
 
 from training_helpers import TINY_CLOSED, base_recipe, read_log

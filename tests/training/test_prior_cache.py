@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import priorclip.models as pm
-from priorclip.training.loop import Trainer, frozen_prior
+from priorclip.training.loop import Trainer
+from priorclip.training.prior import frozen_prior
 from priorclip.training.recipe import recipe_from_dict
 
 from training_helpers import base_recipe, read_log
@@ -95,10 +96,10 @@ def test_augmentation_turns_the_prior_cache_off_with_one_log_line(tiny_dataset, 
                                           data=data))
     trainer = Trainer(recipe, tmp_path / "aug")
     trainer.build()
-    from priorclip.training.loop import _Logger
+    from priorclip.training.logger import Logger
 
     (tmp_path / "aug").mkdir()
-    logger = _Logger(tmp_path / "aug", tensorboard=False)
+    logger = Logger(tmp_path / "aug", tensorboard=False)
     trainer.step = 0
     assert trainer._prior_cache(logger) is None
     logger.close()

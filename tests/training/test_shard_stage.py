@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from priorclip.errors import ConfigError, DataError
-from priorclip.training.loop import Trainer, resolve_shards, train
+from priorclip.training.data import resolve_shards
+from priorclip.training.loop import Trainer, train
 from priorclip.training.recipe import recipe_from_dict
 
 from training_helpers import read_log

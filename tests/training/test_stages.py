@@ -89,7 +89,7 @@ def test_existing_run_dir_needs_resume(prior_run, tiny_dataset):
 
 
 def test_precise_bn_recomputes_running_statistics_from_current_weights():
-    from priorclip.training.loop import recalibrate_batchnorm
+    from priorclip.training.prior import recalibrate_batchnorm
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),

@@ -3,14 +3,18 @@
 A checkpoint is a directory (model files + `train_state.pt`). It is written under a temporary
 name and swapped in with renames, so `checkpoints/last` is always one complete checkpoint: after a
 crash between the two renames, `last.old` is the complete previous one and `find_last` uses it.
+`train_state.pt` also holds the RNG states (`rng_state`), so a resumed run draws what an
+uninterrupted one would.
 """
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -163,3 +167,26 @@ def _describe(prior_cfg: dict) -> str:
     if prior_cfg.get("kind") == MODIFIED_RESNET:
         return "ModifiedResNet(" + ", ".join(f"{k}={v}" for k, v in prior_cfg.items() if k != "kind") + ")"
     return str(prior_cfg.get("backbone"))
+
+
+# ---- RNG state (exact resume) ----------------------------------------------------------------
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

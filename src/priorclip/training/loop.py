@@ -1,4 +1,4 @@
-"""The training loop for every stage (see docs/TRAINING.md).
+"""The training loop for every stage (see docs/TRAINING.md): `Trainer` and `train`.
 
 Stages: `prior` (a model's prior tower as a scene classifier: the closed model's ResNet or the
 open model's ModifiedResNet), `closed` (closed-domain PriorCLIP or its baseline), `pretrain` and
@@ -6,9 +6,9 @@ open model's ModifiedResNet), `closed` (closed-domain PriorCLIP or its baseline)
 embeddings). Every contrastive stage adds `affiliation_weight` x the Attribution loss when the
 training data carry scene labels (paper Sec. 3.4; stage 2 of the open domain, Sec. 3.5).
 
-Exact resume: the order of the data in an epoch is a function of (seed, epoch) only (a
-DistributedSampler re-seeded per epoch), and each sample's augmentation is drawn from a generator
-seeded by (seed, epoch, index), so skipping the first k batches of an epoch reproduces what an
+Exact resume: the order of the data in an epoch is a function of (seed, epoch) only and each
+sample's augmentation is drawn from (seed, epoch, index) (`data.epoch_batches`,
+`data.SeededSamples`), so skipping the first k batches of an epoch reproduces what an
 uninterrupted run sees; optimizer, scheduler, scaler and RNG states come from `train_state.pt`.
 Validation runs inside `torch.random.fork_rng`, so it never shifts the training RNG.
 
@@ -17,8 +17,13 @@ Shards (`data.shards`): training reads a resampled webdataset stream instead; an
 sample's augmentation from its position in the stream, so a resume anywhere, mid-epoch included,
 continues the uninterrupted stream exactly (the batches already seen are skipped undecoded).
 
-Frozen open-domain prior with `data.augment: false`: the prior's output for an image is the same
-every epoch, so it is computed once per image (the first time the image is seen) and cached.
+Frozen prior (open or closed domain) with `data.augment: false`: the prior's output for an image
+is the same every epoch, so it is computed once per image and cached (`prior.PriorCache`).
+
+The rest lives beside this module, split as open_clip_train splits its trainer: `distributed`
+(torchrun's process group), `data` (seeded epochs, shard lists), `prior` (the frozen prior run
+once per image, precise BatchNorm), `optim` (parameter groups, LR schedule, temperature clamp),
+`logger` (run.json, log.jsonl) and `checkpointing` (atomic checkpoint directories, RNG state).
 """
 from __future__ import annotations
 
@@ -28,10 +33,6 @@ import json
 import logging
 import math
 import os
-import platform
-import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -40,256 +41,27 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from priorclip.errors import CheckpointError, ConfigError
 from priorclip.training import checkpointing as ck
+from priorclip.training.data import (SeededSamples, collate, epoch_batches, mix_seed, resolve_shards, shard_keys,
+                                     split_dataset)
+from priorclip.training.distributed import barrier, init_distributed
+from priorclip.training.logger import Logger, environment
+from priorclip.training.optim import clamp_temperatures, lr_lambda, param_groups
+from priorclip.training.prior import PriorCache, frozen_prior, prior_input, recalibrate_batchnorm, same_weights
 from priorclip.training.recipe import Recipe, dump_recipe, load_recipe, parse_set, recipe_from_dict
 
 log = logging.getLogger(__name__)
 
-# Parameters without weight decay: biases, norms, temperatures, embeddings (names or 1-D shapes).
-_NO_DECAY = ("bias", "norm", "ln_", "bn", "temp", "logit_scale", "embedding", "embeddings", "class_embedding",
-             "cls_token", "pos_embed", "relative_position_bias_table", "absolute_pos_embed")
 # Text-tower parameter prefixes per architecture (frozen by finetune).
 _TEXT_PREFIXES = {"open": ("token_embedding", "positional_embedding", "transformer.", "ln_final", "text_projection"),
                   "open-baseline": ("token_embedding", "positional_embedding", "transformer.", "ln_final", "text_projection"),
                   "closed": ("text.",), "closed-baseline": ("text.",)}
 
 
-# ---- distributed --------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device_kind: str) -> DistInfo:
-    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) -> process group; nccl on CUDA, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    return DistInfo(rank, world, local)
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
-
-
-# ---- data -----------------------------------------------------------------------------------
-
-class _SeededSamples(Dataset):
-    """Train items with augmentation randomness drawn from (seed, epoch, index): identical whatever
-    the worker count, and reproducible when a resumed epoch skips its first batches."""
-
-    def __init__(self, dataset, seed: int, images_only: bool = False, one_caption: bool = False):
-        self.dataset, self.seed, self.epoch, self.images_only = dataset, seed, 0, images_only
-        self.one_caption = one_caption  # images-mode dataset: draw one caption per image and epoch
-        self._image_to_text = dataset.image_to_text if one_caption else None
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        state = torch.get_rng_state()
-        torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index))
-        try:
-            s = self.dataset[index]
-            if self.one_caption:
-                j = int(torch.randint(len(s["captions"]), ()))
-                s = {**s, "caption": s["captions"][j], "caption_id": self._image_to_text[s["image_id"]][j]}
-        finally:
-            torch.set_rng_state(state)
-        if self.images_only:
-            return s["image"], s["label"]
-        return s["image"], s["caption"], s["image_id"], s["caption_id"], s["label"]
-
-
-def _collate(items):
-    cols = list(zip(*items))
-    out = [torch.stack(cols[0])]
-    for col in cols[1:]:
-        out.append(list(col) if isinstance(col[0], str) else torch.tensor(col, dtype=torch.long))
-    return out
-
-
-def recalibrate_batchnorm(model: nn.Module, inputs) -> list[nn.Module]:
-    """Precise BN: every BatchNorm's running statistics recomputed as a plain average over the
-    batches `inputs` yields, through `model` in train mode with the current weights (no gradient).
-    An exponential average over few training steps still carries the statistics of much earlier
-    weights, and eval mode (and a frozen prior downstream) would normalise with those."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return norms
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch counts the same
-    was = model.training
-    model.train()
-    try:
-        with torch.no_grad():
-            for x in inputs:
-                model(x)
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.train(was)
-    return norms
-
-
-def epoch_batches(n_items: int, batch_size: int, seed: int, epoch: int, info: DistInfo) -> list[list[int]]:
-    """This rank's batches of epoch `epoch`: a function of (seed, epoch) only; incomplete batch dropped."""
-    from torch.utils.data import DistributedSampler
-
-    sampler = DistributedSampler(range(n_items), num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=seed, drop_last=False)
-    sampler.set_epoch(epoch)
-    idx = list(sampler)
-    return [idx[i:i + batch_size] for i in range(0, len(idx) - batch_size + 1, batch_size)]
-
-
-def resolve_shards(spec: str | list[str]) -> list[str]:
-    """`data.shards` -> shard URLs: brace patterns (`{000000..000099}`), globs, `::`-joined or YAML lists.
-
-    Local paths must exist (a typo would otherwise only show up as warnings from the workers);
-    URLs (`pipe:`, `http://`, `s3://`, ...) are passed to webdataset unchecked.
-    """
-    import glob
-
-    from webdataset.shardlists import expand_urls
-
-    from priorclip.errors import DataError
-
-    urls: list[str] = []
-    for item in [spec] if isinstance(spec, str) else spec:
-        for url in expand_urls(item.strip()):
-            if "://" in url or url.startswith("pipe:"):
-                urls.append(url)
-            elif any(c in url for c in "*?["):
-                found = sorted(glob.glob(os.path.expanduser(url)))
-                if not found:
-                    raise DataError(f"recipe key 'data.shards': the glob {url!r} matches no file")
-                urls.extend(found)
-            else:
-                path = os.path.expanduser(url)
-                if not os.path.isfile(path):
-                    raise DataError(f"recipe key 'data.shards': shard {path} does not exist (check the pattern "
-                                    f"{item!r})")
-                urls.append(path)
-    if not urls:
-        raise DataError(f"recipe key 'data.shards': {spec!r} names no shard")
-    return urls
-
-
-def shard_keys(data) -> dict:
-    """make_shard_pipeline's image_keys / caption_keys from a recipe's data section (defaults unset)."""
-    out = {}
-    if data.shard_image_keys is not None:
-        out["image_keys"] = tuple(data.shard_image_keys)
-    if data.shard_caption_keys is not None:
-        out["caption_keys"] = tuple(data.shard_caption_keys)
-    return out
-
-
-def _mix_seed(*parts: int) -> int:
-    """One 63-bit seed from several integers (seed, epoch, rank, position)."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h * 1_000_003 + int(p) + 0x632BE59BD9B4E019) % (1 << 63)
-    return h
-
-
-def prior_input(images: torch.Tensor) -> torch.Tensor:
-    """Images for a convolutional prior: channels_last on CPU, where oneDNN's NHWC kernels run
-    resnet10t at 128 px 1.35x faster forward and 1.2x faster forward+backward (docs/TRAINING.md);
-    the result differs from NCHW by float rounding only (~1e-7 relative)."""
-    if images.device.type == "cpu" and images.dim() == 4:
-        return images.contiguous(memory_format=torch.channels_last)
-    return images
-
-
-def frozen_prior(model: nn.Module):
-    """The model's prior as a function images -> features when it is frozen (no parameter trains,
-    eval mode), else None. Open domain: `res_visual` (before `vision_proj_res`, which may train);
-    closed domain: the `prior` tower (before `conv_proj`), fed channels_last on CPU."""
-    if hasattr(model, "res_visual") and hasattr(model, "vision_proj_res"):
-        if not hasattr(model, "instruction_token") or not getattr(model, "prior_frozen", False):
-            return None
-        if any(p.requires_grad for p in model.res_visual.parameters()):
-            return None
-        return model.prior_features  # the inference copy (BatchNorm folded) once optimize_for_inference
-    prior = getattr(model, "prior", None)
-    if isinstance(prior, nn.Module) and getattr(prior, "frozen", False) \
-            and not any(p.requires_grad for p in prior.parameters()):
-        return lambda images: prior(prior_input(images))
-    return None
-
-
-class _PriorCache:
-    """The frozen prior's output per image id (row), filled the first time an image is seen.
-
-    Valid only while the image tensor of an id never changes (no augmentation, or the fixed
-    evaluation transform) and the prior is frozen in eval mode (BatchNorm on running statistics):
-    then each row is a function of the image alone, and reading it equals recomputing it.
-    """
-
-    def __init__(self, n_images: int, device: torch.device):
-        self.n, self.device = n_images, device
-        self.store: torch.Tensor | None = None
-        self.filled = torch.zeros(n_images, dtype=torch.bool, device=device)
-
-    def features(self, prior, images: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
-        """`prior`: images -> features (see `frozen_prior`), run on the ids not seen before."""
-        ids = image_ids.to(self.device)
-        rows = (~self.filled[ids]).nonzero().squeeze(1)
-        if len(rows):
-            # an image may occur twice in a batch (two of its captions): run the prior once per id
-            uniq, inv = torch.unique(ids[rows], return_inverse=True)
-            first = torch.full((len(uniq),), len(rows), device=self.device).scatter_reduce_(
-                0, inv, torch.arange(len(rows), device=self.device), "amin")
-            with torch.no_grad():
-                new = prior(images[rows[first]]).float()
-            if self.store is None:
-                self.store = torch.zeros(self.n, new.shape[1], dtype=torch.float32, device=self.device)
-            self.store[uniq] = new
-            self.filled[uniq] = True
-        return self.store[ids]
-
-
-def _same_weights(a: nn.Module, b: nn.Module) -> bool:
-    """`a` and `b` hold equal parameters and buffers (e.g. the frozen prior of the trained model
-    and of its best checkpoint read back from disk)."""
-    if a is b:
-        return True
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(
-        sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
-
-
-def _dataset(recipe: Recipe, split: str, transforms, mode: str, on_error: str | None = None):
-    from priorclip.data.karpathy import KarpathyCaptions
-
-    d = recipe.data
-    return KarpathyCaptions(d.path, split=split, transforms=transforms, images_root=d.images_root,
-                            labels=d.labels, mode=mode, on_error=on_error)
-
-
-# ---- model / optimisation -------------------------------------------------------------------
+# ---- model ----------------------------------------------------------------------------------
 
 class _Forward(nn.Module):
     """What DDP wraps: every trainable tensor the loss uses (temperatures too) comes out of forward,
@@ -318,118 +90,6 @@ class _Forward(nn.Module):
             return img, text_features, m.temp.clone(), None if t2 is None else t2.clone()
         return img, text_features, m.temperature, None
 
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        low = name.lower()
-        (no_decay if p.ndim < 2 or any(t in low for t in _NO_DECAY) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_lambda(total_steps: int, warmup: int, schedule: str, min_ratio: float):
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
-        return min_ratio + (1 - min_ratio) * shape
-    return f
-
-
-def _clamp_temperatures(model: nn.Module) -> None:
-    with torch.no_grad():
-        for name in ("temp", "temp2"):  # our clamp (the released PIR code has none): positive, away from 0
-            p = getattr(model, name, None)
-            if isinstance(p, nn.Parameter):
-                p.clamp_(0.001, 0.5)
-        if isinstance(getattr(model, "logit_scale", None), nn.Parameter):  # open_clip's clamp
-            model.logit_scale.clamp_(0, math.log(100))
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# ---- run directory --------------------------------------------------------------------------
-
-def _git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[3]
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _environment(info: DistInfo, device: torch.device) -> dict:
-    from priorclip import __version__
-
-    return {"priorclip": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-            "numpy": np.__version__, "platform": platform.platform(), "device": str(device),
-            "cuda": torch.version.cuda if device.type == "cuda" else None, "world_size": info.world_size,
-            "git_commit": _git_commit(), "argv": sys.argv}
-
-
-class _Logger:
-    """JSON-lines log (+ TensorBoard when available); rank 0 only."""
-
-    def __init__(self, run_dir: Path | None, tensorboard: bool):
-        self.fh = open(run_dir / "log.jsonl", "a", encoding="utf-8") if run_dir else None
-        self.tb = None
-        if run_dir and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except Exception as exc:  # noqa: BLE001 - tensorboard missing or broken: the JSONL log is the record
-                print(f"priorclip train: TensorBoard logging off ({type(exc).__name__}: {exc}); "
-                      f"metrics still go to {run_dir / 'log.jsonl'}", file=sys.stderr)
-                self.tb = None
-
-    def write(self, record: dict) -> None:
-        if self.fh is None:
-            return
-        self.fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
-        self.fh.flush()
-        if self.tb is not None and "step" in record:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                    self.tb.add_scalar(f"{record.get('event', 'train')}/{k}", v, record["step"])
-
-    def close(self) -> None:
-        if self.fh:
-            self.fh.close()
-        if self.tb:
-            self.tb.close()
-
-
-# ---- the trainer ----------------------------------------------------------------------------
 
 class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False):
@@ -485,7 +145,7 @@ class Trainer:
         import priorclip.models as pm
 
         r = self.recipe
-        seed_everything(r.seed)
+        ck.seed_everything(r.seed)
         stage = r.stage
         if stage == "prior":
             from priorclip.errors import CheckpointError
@@ -500,7 +160,7 @@ class Trainer:
             # the model's own input preset (mean/std, resize mode, augmentation), as its other stages use
             tf = transform_from_config(base, train=r.data.augment, aug=r.data.aug)
             self.eval_tf = transform_from_config(base, train=False)
-            self.train_ds = _dataset(r, r.data.train_split, tf, "images")
+            self.train_ds = split_dataset(r, r.data.train_split, tf, "images")
             classes = self.train_ds.classes
             if not classes or all(l < 0 for l in self.train_ds.labels):
                 raise ConfigError(f"data.labels={r.data.labels!r} gives no scene label to any training image")
@@ -508,7 +168,7 @@ class Trainer:
             self.model = ck.PriorClassifier(prior_cfg, len(classes))
         else:
             self.shard_urls = resolve_shards(r.data.shards) if r.data.shards is not None else None
-            probe = _dataset(r, r.data.train_split, None, "pairs") if self.shard_urls is None else None
+            probe = split_dataset(r, r.data.train_split, None, "pairs") if self.shard_urls is None else None
             if stage == "finetune":
                 self.model = pm.load_checkpoint(r.init_checkpoint)
             else:
@@ -545,7 +205,7 @@ class Trainer:
                 self.use_labels = False
             else:
                 # training never stops on a bad image: it is reported and replaced by the next readable one
-                self.train_ds = _dataset(r, r.data.train_split, self.train_tf,
+                self.train_ds = split_dataset(r, r.data.train_split, self.train_tf,
                                          "pairs" if r.data.captions == "all" else "images", on_error="skip")
                 self.use_labels = bool(r.affiliation_weight) and bool(self.train_ds.classes)
         self.model.to(self.device)
@@ -565,7 +225,7 @@ class Trainer:
         if not split or self.recipe.data.path is None:
             return None
         try:
-            return _dataset(self.recipe, split, None, "images")
+            return split_dataset(self.recipe, split, None, "images")
         except DataError as exc:
             if self.main:
                 log.warning("split %r not used: %s", split, exc)
@@ -595,8 +255,8 @@ class Trainer:
         if prior is None or not hasattr(model, "embed_image_tokens"):
             return None
         entry = self._eval_priors.get(dataset.split)
-        if entry is None or not _same_weights(entry[0], model.prior):
-            entry = self._eval_priors[dataset.split] = (model.prior, _PriorCache(dataset.num_images, self.device))
+        if entry is None or not same_weights(entry[0], model.prior):
+            entry = self._eval_priors[dataset.split] = (model.prior, PriorCache(dataset.num_images, self.device))
         cache = entry[1]
 
         def encode(images: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
@@ -609,7 +269,7 @@ class Trainer:
         r = self.recipe
         batches = epoch_batches(len(self.train_ds), r.batch_size, r.seed + 7919, epoch, self.info)
         loader = DataLoader(wrapped, batch_sampler=batches[:r.bn_recalibrate_batches], num_workers=r.workers,
-                            collate_fn=_collate)
+                            collate_fn=collate)
         norms = recalibrate_batchnorm(self.model, (prior_input(images.to(self.device)) for images, _ in loader))
         if self.info.enabled:
             for m in norms:
@@ -655,11 +315,11 @@ class Trainer:
             self._save_model(tmp, {"step": self.step, "epoch": position["epoch"], "run_dir": str(self.run_dir)})
             if with_state:
                 state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                         "scaler": self.scaler.state_dict(), "rng": _rng_state(), "step": self.step,
+                         "scaler": self.scaler.state_dict(), "rng": ck.rng_state(), "step": self.step,
                          "best_score": self.best_score, "history": self.history, **position}
                 torch.save(state, tmp / ck.TRAIN_STATE)
             ck.publish_dir(tmp, final)
-        _barrier(self.info)
+        barrier(self.info)
 
     def _load_resume(self) -> dict:
         last = ck.find_checkpoint(self.ckpt_dir / "last")
@@ -692,8 +352,8 @@ class Trainer:
         self.model.train(was)
         return cache.clone()
 
-    def _prior_cache(self, logger) -> _PriorCache | None:
-        """A `_PriorCache` when the prior (open or closed domain) is frozen and the images never
+    def _prior_cache(self, logger) -> PriorCache | None:
+        """A `PriorCache` when the prior (open or closed domain) is frozen and the images never
         change, else None (with one log line saying why when only the augmentation or the shards
         prevent it)."""
         r = self.recipe
@@ -711,7 +371,7 @@ class Trainer:
         n_images = self.train_ds.num_images
         logger.write({"event": "note", "step": self.step, "prior_cache": True,
                       "message": f"frozen prior cached once per image ({n_images} images, data.augment false)"})
-        return _PriorCache(n_images, self.device)
+        return PriorCache(n_images, self.device)
 
     def _shard_loader(self, epoch: int, start_micro: int, n_batches: int):
         """This rank's `n_batches` micro-batches of epoch `epoch` from the resampled shard stream.
@@ -727,7 +387,7 @@ class Trainer:
         from priorclip.data.shards import make_shard_pipeline
 
         r = self.recipe
-        seed = _mix_seed(r.seed, epoch)
+        seed = mix_seed(r.seed, epoch)
         pipe = make_shard_pipeline(self.shard_urls, transforms=self.train_tf, tokenize=None, batch_size=r.batch_size,
                                    resampled=True, seed=seed % (1 << 31), shuffle_buffer=r.data.shuffle_buffer,
                                    rank=self.info.rank, world_size=self.info.world_size, start_batch=start_micro,
@@ -735,7 +395,7 @@ class Trainer:
         # with_epoch counts per worker: each yields its share (one spare), the loader interleaves them
         pipe = pipe.with_epoch(math.ceil(n_batches / max(1, r.workers)) + 1)
         loader = DataLoader(pipe, batch_size=None, num_workers=r.workers, pin_memory=self.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(_mix_seed(seed, self.info.rank) % (1 << 63)))
+                            generator=torch.Generator().manual_seed(mix_seed(seed, self.info.rank) % (1 << 63)))
         for images, captions in islice(loader, n_batches):
             yield images, list(captions), None, None, None
 
@@ -795,7 +455,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
             self.step, self.best_score, self.history = state["step"], state["best_score"], state["history"]
             start_epoch, start_micro = state["epoch"], state["micro"]
-            _set_rng_state(state["rng"])
+            ck.set_rng_state(state["rng"])
         text_cache = self._text_cache()
         if self.train_ds is None and self.text_frozen and r.stage != "closed" and self.main:
             log.info("data.shards: captions are not a fixed set, so the frozen text tower runs on every batch")
@@ -805,14 +465,14 @@ class Trainer:
         if info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=ids, find_unused_parameters=True)
-        logger = _Logger(self.run_dir if self.main else None, r.tensorboard)
+        logger = Logger(self.run_dir if self.main else None, r.tensorboard)
         logger.write({"event": "resume" if self.resume else "start", "step": self.step, "epoch": start_epoch,
                       "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
                       "data": "shards" if self.train_ds is None else "dataset",
                       "params_trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                       "params_total": sum(p.numel() for p in self.model.parameters())})
         prior_cache = self._prior_cache(logger)
-        wrapped = None if self.train_ds is None else _SeededSamples(
+        wrapped = None if self.train_ds is None else SeededSamples(
             self.train_ds, r.seed, images_only=r.stage == "prior", one_caption=r.stage != "prior" and r.data.captions == "one")
         autocast = dict(device_type=self.device.type, dtype=torch.bfloat16 if r.precision == "bf16" else torch.float16,
                         enabled=r.precision != "fp32")
@@ -827,7 +487,7 @@ class Trainer:
             else:
                 wrapped.epoch = epoch
                 batches = epoch_batches(len(self.train_ds), r.batch_size, r.seed, epoch, info)[:micro_per_epoch]
-                loader = DataLoader(wrapped, batch_sampler=batches[skip:], num_workers=r.workers, collate_fn=_collate,
+                loader = DataLoader(wrapped, batch_sampler=batches[skip:], num_workers=r.workers, collate_fn=collate,
                                     pin_memory=self.device.type == "cuda",
                                     generator=torch.Generator().manual_seed(r.seed + epoch))
             epoch_losses: list[float] = []
@@ -855,7 +515,7 @@ class Trainer:
                 self.scaler.update()
                 self.opt.zero_grad(set_to_none=True)
                 self.sched.step()
-                _clamp_temperatures(self.model)
+                clamp_temperatures(self.model)
                 self.step += 1
                 epoch_losses.append(acc["total"])
                 lr = self.opt.param_groups[0]["lr"]
@@ -894,7 +554,7 @@ class Trainer:
                         self._save_model(tmp, {"step": self.step, "epoch": epoch, "val_score": val["score"],
                                                "selected_on": self.val_ds.split})
                         ck.publish_dir(tmp, self.ckpt_dir / "best")
-                _barrier(info)
+                barrier(info)
             self.history.append(record)
             logger.write(record)
             if self.step != last_saved or is_last:
@@ -903,7 +563,7 @@ class Trainer:
         results = self._final_reports() if self.main else {}
         logger.write({"event": "end", "step": self.step, **{k: v for k, v in results.items() if isinstance(v, float)}})
         logger.close()
-        _barrier(info)
+        barrier(info)
         return results
 
     def _final_reports(self) -> dict:
@@ -960,7 +620,7 @@ def train(recipe: Recipe | None = None, out_dir: str | Path | None = None, resum
         (run_dir / "checkpoints").mkdir(exist_ok=True)
         if resume is None:
             (run_dir / "config.yaml").write_text(dump_recipe(recipe))
-            (run_dir / "run.json").write_text(json.dumps(_environment(trainer.info, trainer.device), indent=2) + "\n")
-    _barrier(trainer.info)
+            (run_dir / "run.json").write_text(json.dumps(environment(trainer.info, trainer.device), indent=2) + "\n")
+    barrier(trainer.info)
     trainer.fit()
     return run_dir

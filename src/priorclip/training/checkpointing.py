@@ -2,7 +2,7 @@
 
 A checkpoint is a directory (model files + `train_state.pt`). It is written under a temporary
 name and swapped in with renames, so `checkpoints/last` is always one complete checkpoint: after a
-crash between the two renames, `last.old` is the complete previous one and `find_last` uses it.
+crash between the two renames, `last.old` is the complete previous one and `find_checkpoint` uses it.
 `train_state.pt` also holds the RNG states (`rng_state`), so a resumed run draws what an
 uninterrupted one would.
 """

@@ -140,8 +140,13 @@ def test_linked_rerank_file_is_what_the_indexer_publishes(sa, tmp_path):
     # a damaged codes file is reported, and items.sqlite serves the same answers
     said = []
     np.save(out / "vectors.sq8.npy", np.zeros((5, 16), np.uint8))
+    damaged = ann.RerankFile.open(out, info["faiss"]["rerank"], log=said.append)
+    assert damaged is not None and damaged.codes is None  # the float32 file still serves
+    assert "vectors.sq8.npy" in said[0] and "8-bit codes of shape (5, 16)" in said[0] and "rebuild" in said[0]
+    assert FaissBackend(out, info, store).search(vectors[5], 10) == hits
+    (out / "vectors.rerank-ids.npy").write_bytes(b"not numpy")
     assert ann.RerankFile.open(out, info["faiss"]["rerank"], log=said.append) is None
-    assert "vectors.rerank.npy" in said[0] and "8-bit codes of shape (5, 16)" in said[0] and "rebuild" in said[0]
+    assert "vectors.rerank.npy" in said[1] and "items.sqlite" in said[1]
     assert FaissBackend(out, info, store).search(vectors[5], 10)[0][0] == 6
     info, files = _finish(store, out, {"embed_dim": 16}, settings, "flat16", "now", lambda *_: None)
     _publish(out, files, None, info)

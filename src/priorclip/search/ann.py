@@ -337,30 +337,40 @@ class RerankFile:
     @classmethod
     def open(cls, directory: str | Path, spec: dict | None, log=None) -> "RerankFile | None":
         """The index's re-rank file, or None when index.json names none or the files on disk are
-        not the ones it names (a run killed while publishing: items.sqlite serves instead, and
-        `log` is told why)."""
+        not the ones it names (a run killed while publishing: items.sqlite serves instead). 8-bit
+        codes that cannot be used (damaged, or more than the RAM left) are dropped alone: every
+        candidate is then read from the file. `log` is told what was dropped and why."""
         if not spec:
             return None
         directory = Path(directory)
+        say = log or (lambda _: None)
         try:
             vectors = np.load(directory / spec["file"], mmap_mode="r")
             ids = np.load(directory / spec["ids"], mmap_mode="r")
-            codes = np.load(directory / spec["sq8"]["file"]) if spec.get("sq8") else None  # into RAM
         except (OSError, ValueError, KeyError) as e:
             problem = f"cannot be read ({e})"
         else:
             problem = None
             if vectors.ndim != 2 or len(vectors) != len(ids) or len(ids) != int(spec.get("count", -1)):
-                problem = (f"holds {len(ids):,} ids and {vectors.shape} vectors where index.json says "
+                problem = (f"hold {len(ids):,} ids and {vectors.shape} vectors where index.json says "
                            f"{spec.get('count')}")
-            elif codes is not None and (codes.shape != vectors.shape or codes.dtype != np.uint8):
-                problem = f"has 8-bit codes of shape {codes.shape} ({codes.dtype}) for vectors {vectors.shape}"
         if problem:
-            if log:
-                log(f"[search] {directory / spec.get('file', RERANK_NAME)}: the re-rank files {problem}; "
-                    f"reading vectors from items.sqlite instead (slower): rebuild the index to restore them")
+            say(f"[search] {directory / spec.get('file', RERANK_NAME)}: the re-rank files {problem}; "
+                f"reading vectors from items.sqlite instead (slower): rebuild the index to restore them")
             return None
-        sq = _sq8_from(spec["sq8"]["trained"], vectors.shape[1]) if codes is not None else None
+        codes = sq = None
+        if spec.get("sq8"):
+            path = directory / spec["sq8"].get("file", SQ8_NAME)
+            try:
+                codes = np.load(path)  # into RAM: every query ranks its candidates with them
+                if codes.shape != vectors.shape or codes.dtype != np.uint8:
+                    raise ValueError(f"8-bit codes of shape {codes.shape} ({codes.dtype}) for vectors {vectors.shape}")
+                sq = _sq8_from(spec["sq8"]["trained"], vectors.shape[1])
+            except (OSError, ValueError, KeyError, MemoryError) as e:
+                say(f"[search] {path}: {type(e).__name__}: {e}; searching without the 8-bit copies (every "
+                    f"candidate read from {spec['file']}, slower): rebuild the index, or choose --index-type "
+                    f"ivfpq where RAM is short")
+                codes = sq = None
         return cls(vectors, ids, codes, sq)
 
     def vectors_of(self, ids, query: np.ndarray | None = None,

@@ -15,6 +15,11 @@ README's table (between its `ucm-table` markers). A report that lacks some of th
 
 open_clip_train needs pandas: in the pinned environment (scripts/setup.sh); elsewhere the `bench` extra.
 
+Training cost on its own: the long runs' pairs/s come from whatever else ran beside them, so
+`--speed` times every subject again in one call on one subset of the train split (each from
+scratch, nothing read back) and writes the cost table (pairs/s against open_clip_train's beside the
+FLOP bound) to benchmarks/results_ucm_speed.json and RESULTS.md; ~30 min on two idle cores.
+
 Resumable: each run lives in `--out/SEED/SUBJECT[/stageN]` (priors in `--out/SEED/prior-KIND`) and a
 finished one is read back, not trained again, so the benchmark can be run in pieces (`--subjects`,
 `--seeds`) and interrupted: an interrupted run continues exactly from its last checkpoint (every 40
@@ -74,8 +79,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="a report this script saved (e.g. benchmarks/results_ucm.json): its runs count as finished "
                          "when --out lacks them, if they were trained with the same settings (runs/ is scratch, "
                          "the saved report is what survives a new machine)")
+    ap.add_argument("--speed", action="store_true",
+                    help="time the subjects instead of training them for the report: each trains on the same "
+                         "subset (--speed-images train images, all their captions; 3 passes, the open domain's "
+                         "third in stage 2; priors 1 pass) in this one call, from scratch; writes "
+                         "benchmarks/results_ucm_speed.json and RESULTS.md's \"UCM training speed\" (run it on an "
+                         "otherwise idle machine)")
+    ap.add_argument("--speed-images", type=int, default=512, help="train images of --speed (x 5 captions = pairs a pass)")
     ap.add_argument("--results-md", default=None, help="RESULTS.md to update ('' : JSON only)")
     ap.add_argument("--json", default="results_ucm.json", help="file name under benchmarks/ for the figures")
+    ap.add_argument("--speed-json", default="results_ucm_speed.json", help="the same for --speed")
     args = ap.parse_args(argv)
     if not 0 <= args.stage2_epochs < args.epochs:
         ap.error(f"--stage2-epochs must be in [0, --epochs), got {args.stage2_epochs}")
@@ -390,14 +403,87 @@ def markdown(args, results, summary) -> tuple[str, str]:
         lines += ["Training cost against open_clip_train (pairs/s: training loop only, data loading included, "
                   "validation excluded; FLOPs per pair counted with FlopCounterMode; the FLOP bound of the pairs/s "
                   "ratio is open_clip_train's FLOPs per pair over the subject's; efficiency = ratio / bound):", "",
-                  "| subject | pairs/s | GFLOP / pair | pairs/s ratio | FLOP bound | efficiency |", "|---|---:|---:|---:|---:|---:|"]
-        for key, s in summary.items():
-            ratio, bound = s["pairs_per_s"] / ref["pairs_per_s"], ref["gflop_per_pair"] / s["gflop_per_pair"]
-            lines.append(f"| {SUBJECTS[key]['name']} | {s['pairs_per_s']:.1f} | {s['gflop_per_pair']:.2f} | "
-                         f"{ratio:.2f} | {bound:.2f} | {ratio / bound:.2f} |")
-        lines.append("")
+                  *cost_table(summary), ""]
     return "\n".join(lines), "\n".join(lines[:head] + ["", "Full tables, priors and training cost: "
                                                        "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)."])
+
+
+def cost_table(summary: dict) -> list[str]:
+    """Markdown rows of pairs/s against open_clip_train's beside the FLOP bound of that ratio."""
+    ref = summary["open_clip_train"]
+    lines = ["| subject | pairs/s | GFLOP / pair | pairs/s ratio | FLOP bound | efficiency |", "|---|---:|---:|---:|---:|---:|"]
+    for key, s in summary.items():
+        ratio, bound = s["pairs_per_s"] / ref["pairs_per_s"], ref["gflop_per_pair"] / s["gflop_per_pair"]
+        lines.append(f"| {SUBJECTS[key]['name']} | {s['pairs_per_s']:.1f} | {s['gflop_per_pair']:.2f} | "
+                     f"{ratio:.2f} | {bound:.2f} | {ratio / bound:.2f} |")
+    return lines
+
+
+# ---- --speed: every subject timed in one call --------------------------------------------------
+
+SPEED_EVAL_IMAGES = 16  # val and test images of the timing subset (scored, but not timed)
+
+
+def speed_data(src: Path, dst: Path, train_images: int) -> Path:
+    """A subset of the dataset for timing: `train_images` train images spread evenly over the file
+    (so over the scene classes) with all their captions, 16 val and 16 test images; the images
+    folder and labels.csv are linked, not copied."""
+    data = json.loads((src / "dataset.json").read_text())
+    chosen = []
+    for split, n in (("train", train_images), ("val", SPEED_EVAL_IMAGES), ("test", SPEED_EVAL_IMAGES)):
+        ims = [im for im in data["images"] if im.get("split") in ((split, "restval") if split == "train" else (split,))]
+        n = min(n, len(ims))
+        chosen += [ims[i * len(ims) // n] for i in range(n)]
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "dataset.json").write_text(json.dumps({**data, "images": chosen}))
+    for name in ("images", "labels.csv"):
+        if not (dst / name).exists():
+            (dst / name).symlink_to((src / name).resolve())
+    return dst
+
+
+def speed(args) -> dict:
+    """Every subject of --subjects trained from scratch on one subset in this call; their pairs/s
+    against open_clip_train's beside the FLOP bound (what `markdown` reports for the long runs,
+    whose timings come from whatever else ran beside them)."""
+    import shutil
+
+    from results_md import save_results
+
+    work = Path(args.out) / "speed"
+    if (work / "runs").exists():
+        shutil.rmtree(work / "runs")  # timed afresh: never read back from an earlier call
+    data = speed_data(Path(args.data), work / "data", args.speed_images)
+    sargs = argparse.Namespace(**{**vars(args), "data": str(data), "out": str(work / "runs"), "epochs": 3,
+                                  "stage2_epochs": 1, "prior_epochs": 1})
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    summary = {}
+    for key in args.subjects:
+        print(f"== timing {SUBJECTS[key]['name']}", flush=True)
+        res = run_subject(sargs, args.seeds[0], key)
+        summary[key] = {"pairs_per_s": res["pairs_per_s"], "pairs_seen": res["pairs_seen"],
+                        "params_trainable": res["params_trainable"], "gflop_per_pair": train_flops_per_pair(args, key) / 1e9}
+        print(f"   {res['pairs_per_s']:.1f} pairs/s", flush=True)
+    load_end = [round(x, 2) for x in os.getloadavg()]
+    pairs = sorted({s["pairs_seen"] for s in summary.values()})
+    lines = [f"`benchmarks/ucm_from_scratch/run.py --speed --speed-images {args.speed_images}`: every subject trained "
+             f"from scratch in one call on the same subset of the UCM train split ({args.speed_images} images x 5 "
+             f"captions, 3 passes, the open domain's third in stage 2: {' / '.join(f'{p:,}' for p in pairs)} pairs; "
+             f"batch {args.batch_size}, fp32, seed {args.seeds[0]}), each after the one before, priors trained 1 pass "
+             f"first (not timed). pairs/s: pairs / seconds in the training loop (data loading included; model "
+             f"building, validation and checkpoint writes excluded; open_clip_train's from its own log). Load "
+             f"average (1/5/15 min) at the start {load_start}, at the end {load_end}, on "
+             f"{os.cpu_count()} cores.", ""]
+    if "open_clip_train" in summary:
+        lines += cost_table(summary)
+    else:
+        lines += [f"- {SUBJECTS[k]['name']}: {s['pairs_per_s']:.1f} pairs/s" for k, s in summary.items()]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    figures = {"args": vars(args), "load_average_start": load_start, "load_average_end": load_end, "summary": summary}
+    save_results(args.speed_json, figures, "## UCM training speed", text, "benchmarks/ucm_from_scratch/run.py --speed",
+                 markdown=args.results_md)
+    return figures
 
 
 def _pairs_text(summary) -> str:
@@ -418,6 +504,9 @@ def write_readme(text: str, path: Path = ROOT / "README.md") -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.speed:
+        speed(args)
+        return
     from results_md import save_results
 
     reused = reused_runs(args)

@@ -115,3 +115,31 @@ def test_an_interrupted_run_continues_from_its_last_checkpoint(bench, tiny_ucm, 
     assert cut["stages"][0]["pairs_timed"] == 2 * 7 * 8 - 3 * 8  # the killed process's 3 steps are not timed
     # the trainer's resume is exact: the same weights, so the same test figures
     assert cut["test"]["expected"] == whole["test"]["expected"]
+
+
+@pytest.mark.slow
+def test_speed_times_every_subject_on_one_subset(bench, tiny_ucm, tmp_path):
+    """--speed: each subject trains from scratch on the same subset in one call (open_clip_train
+    too, timed from its own log), and the cost table compares them; nothing is read back."""
+    md, out = tmp_path / "RESULTS.md", tmp_path / "runs"
+    argv = ["--tiny", "--data", str(tiny_ucm), "--out", str(out), "--seeds", "0", "--batch-size", "8", "--workers", "0",
+            "--subjects", "open_clip_train", "clip", "priorclip_open", "--speed", "--speed-images", "8",
+            "--results-md", str(md), "--speed-json", str(tmp_path / "speed.json")]
+    bench.main(argv)
+    figures = json.loads((tmp_path / "speed.json").read_text())
+    subset = json.loads((out / "speed" / "data" / "dataset.json").read_text())["images"]
+    assert [sum(im["split"] == s for im in subset) for s in ("train", "val", "test")] == [8, 3, 3]
+    assert {im["filename"][:4] for im in subset if im["split"] == "train"} >= {"airp", "farm", "beac"}
+    summary = figures["summary"]
+    assert list(summary) == ["open_clip_train", "clip", "priorclip_open"]
+    assert {s["pairs_seen"] for s in summary.values()} == {3 * 40}  # 8 images x 5 captions, batch 8, 3 passes
+    assert all(s["pairs_per_s"] > 0 and s["gflop_per_pair"] > 0 for s in summary.values())
+    text = md.read_text()
+    assert "## UCM training speed" in text and "| open_clip_train (plain CLIP, its own trainer) | " in text
+    assert not (out / "0").exists()  # the report's runs are untouched
+    log = out / "speed" / "runs" / "0" / "clip" / "log.jsonl"
+    before = log.stat().st_mtime_ns
+    bench.main(argv[:-10] + ["clip", "--speed", "--speed-images", "8", "--results-md", str(md),
+                            "--speed-json", str(tmp_path / "speed.json")])
+    assert log.stat().st_mtime_ns != before  # timed again, not read back
+    assert "open_clip_train" not in json.loads((tmp_path / "speed.json").read_text())["summary"]

@@ -18,7 +18,8 @@ open_clip_train needs pandas: in the pinned environment (scripts/setup.sh); else
 Training cost on its own: the long runs' pairs/s come from whatever else ran beside them, so
 `--speed` times every subject again in one call on one subset of the train split (each from
 scratch, nothing read back) and writes the cost table (pairs/s against open_clip_train's beside the
-FLOP bound) to benchmarks/results_ucm_speed.json and RESULTS.md; ~30 min on two idle cores.
+FLOP bound) to benchmarks/results_ucm_speed.json and RESULTS.md; about 50 min for all subjects on
+two idle cores (an estimate from the long runs' rates).
 
 Resumable: each run lives in `--out/SEED/SUBJECT[/stageN]` (priors in `--out/SEED/prior-KIND`) and a
 finished one is read back, not trained again, so the benchmark can be run in pieces (`--subjects`,

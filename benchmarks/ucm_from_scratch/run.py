@@ -25,8 +25,9 @@ Resumable: each run lives in `--out/SEED/SUBJECT[/stageN]` (priors in `--out/SEE
 finished one is read back, not trained again, so the benchmark can be run in pieces (`--subjects`,
 `--seeds`) and interrupted: an interrupted run continues exactly from its last checkpoint (every 40
 steps; open_clip_train's runs start again). `--reuse benchmarks/results_ucm.json` also counts the runs
-of a saved report as finished (same training settings checked), for a machine whose `--out` is gone. Not a test: hours on two CPU cores (each subject's wall time and
-pairs/s are in the report); `tests/benchmarks/test_ucm_benchmark.py` runs it on tiny models.
+of a saved report as finished (same training settings checked), for a machine whose `--out` is gone.
+Not a test: hours on two CPU cores (each subject's wall time and pairs/s are in the report);
+`tests/benchmarks/test_ucm_benchmark.py` runs it on tiny models.
 """
 from __future__ import annotations
 

@@ -33,9 +33,9 @@ from priorclip.errors import ConfigError, DataError
 from priorclip.search import ann
 from priorclip.search.embed import embed_items
 from priorclip.search.sources import _short, check_paths, is_raster, plan_file, shard_of, strip_path, walk
-from priorclip.search.store import (DB_NAME, DISK_FULL_ERRNOS, FAISS_NAME, FORMAT_VERSION, INDEX_JSON, REPORT_NAME,
-                                    Store, json_bytes, publish, read_index_json, remove_stale_temporaries,
-                                    write_error, write_faiss)
+from priorclip.search.store import (DB_NAME, DISK_FULL_ERRNOS, FAISS_NAME, FORMAT_VERSION, INDEX_JSON, RERANK_FILES,
+                                    REPORT_NAME, Store, json_bytes, publish, read_index_json,
+                                    remove_stale_temporaries, write_error, write_faiss)
 
 DEFAULT_TILE = 256
 # A tile less than half valid is mostly fill: its vector describes the flat fill and the footprint
@@ -258,7 +258,7 @@ def _publish(out: Path, ann_files: dict, report: dict | None, info: dict) -> Non
         files[REPORT_NAME] = json_bytes(report)
     files[INDEX_JSON] = json_bytes(info)
     publish(out, files)
-    for name in (ann.RERANK_NAME, ann.RERANK_IDS_NAME, ann.SQ8_NAME):
+    for name in RERANK_FILES:
         if name not in files:
             (out / name).unlink(missing_ok=True)
 

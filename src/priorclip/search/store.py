@@ -5,7 +5,8 @@
       items.sqlite    files, items (image or tile, window, lon/lat footprint) and their vectors
       vectors.faiss   the search structure, rebuilt from items.sqlite after each run
       vectors.rerank.npy, vectors.rerank-ids.npy
-                      `ivfpq` only: the float32 vectors its candidates are re-ranked with
+                      `ivfpq` / `ivfpq-sq8` only: the float32 vectors its candidates are re-ranked with
+      vectors.sq8.npy `ivfpq-sq8` only: 8-bit copies of them, held in RAM
       report.json     files that could not be read and why
 
 Format 2 added the bands shown as RGB per file (`files.rgb`) and each item's valid fraction
@@ -40,6 +41,7 @@ DB_NAME = "items.sqlite"
 FAISS_NAME = "vectors.faiss"
 RERANK_NAME, RERANK_IDS_NAME = "vectors.rerank.npy", "vectors.rerank-ids.npy"  # an ivfpq index's exact vectors
 SQ8_NAME = "vectors.sq8.npy"  # an ivfpq-sq8 index's 8-bit copies of them
+RERANK_FILES = (RERANK_NAME, RERANK_IDS_NAME, SQ8_NAME)  # beside vectors.faiss for some index types only
 REPORT_NAME = "report.json"
 FORMAT_VERSION = 2
 # (table, column, type) added after format 1; ALTER TABLE adds them to an older database
@@ -92,7 +94,7 @@ END;
 
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-PUBLISHED = (FAISS_NAME, RERANK_NAME, RERANK_IDS_NAME, REPORT_NAME, INDEX_JSON)  # written by `publish`, index.json last
+PUBLISHED = (FAISS_NAME, *RERANK_FILES, REPORT_NAME, INDEX_JSON)  # written by `publish`, index.json last
 
 
 def write_error(exc: BaseException, path: str | Path, directory: str | Path | None = None) -> DataError:

@@ -41,10 +41,12 @@ class FaissBackend:
         if not faiss_file.is_file():
             raise DataError(f"{faiss_file} not found: rebuild the index with `priorclip index`")
         self.params = info.get("faiss") or {}
-        least = self.params.get("min_candidates")
-        if least is not None and (isinstance(least, bool) or not isinstance(least, int) or least < 1):
-            raise DataError(f"{Path(directory) / 'index.json'}: faiss.min_candidates must be a whole number >= 1 "
-                            f"(candidates an ivfpq search re-ranks), not {least!r}; fix it or remove the key")
+        for key, what in (("min_candidates", "candidates an ivfpq search re-ranks"),
+                          ("shortlist", "rows beyond k an ivfpq-sq8 search reads from disk")):
+            value = self.params.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise DataError(f"{Path(directory) / 'index.json'}: faiss.{key} must be a whole number >= 1 "
+                                f"({what}), not {value!r}; fix it or remove the key")
         self.ann = ann.load(faiss_file, self.params)
         self.rerank = ann.RerankFile.open(directory, self.params.get("rerank"), log=_log.warning)
         self.store = store

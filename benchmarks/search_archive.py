@@ -229,7 +229,7 @@ def link_rerank(directory: Path, vectors_path: Path, n: int) -> dict:
 
     (directory / RERANK_NAME).unlink(missing_ok=True)
     os.link(vectors_path, directory / RERANK_NAME)
-    np.save(directory / RERANK_IDS_NAME, np.arange(1, n + 1, dtype=np.int64))
+    np.save(directory / RERANK_IDS_NAME, item_ids(n))
     return {"file": RERANK_NAME, "ids": RERANK_IDS_NAME, "count": n}
 
 
@@ -288,7 +288,7 @@ def run_archive(args, n: int, data: dict, rng, rows: list, work: Path, log=print
                 log(f"{n:>10,} {name:<24} {qname:<6} {row['bbox']:<7} {row['build_s']:>8.1f} {row['ram_mb']:>7} "
                     f"{row['disk_mb']:>8} {row['p50_ms']:>7.2f} {row['p99_ms']:>8.2f} {row['recall_at_10']:>6.3f}")
 
-    ids = np.arange(1, n + 1, dtype=np.int64)
+    ids = item_ids(n)
     for index_type in args.faiss_types.split(","):
         if index_type == "flat16" and n > args.flat_max:
             continue

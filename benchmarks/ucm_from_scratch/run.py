@@ -94,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if not 0 <= args.stage2_epochs < args.epochs:
         ap.error(f"--stage2-epochs must be in [0, --epochs), got {args.stage2_epochs}")
+    if args.speed_images < 1:
+        ap.error(f"--speed-images must be >= 1 (train images timed), got {args.speed_images}")
     if args.ablation_seeds is None:
         args.ablation_seeds = args.seeds[:1]
     return args

@@ -81,6 +81,8 @@ def test_readme_block_is_replaced_between_markers(bench, tmp_path):
 def test_stage_budget_arguments_are_checked(bench):
     with pytest.raises(SystemExit):
         bench.parse_args(["--epochs", "2", "--stage2-epochs", "2"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--speed", "--speed-images", "0"])
 
 
 @pytest.mark.slow

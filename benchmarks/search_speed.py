@@ -148,7 +148,10 @@ def archive_markdown(res: dict) -> str:
     done = ", ".join(f"{n:,}" for n in a.get("sizes_done", []))
     lines = [
         f"Machine: {a['machine']}, faiss {a['faiss']}, {a['threads']} threads, load average {a['loadavg'][0]:.2f} "
-        f"at start; {a['date']}. Sizes done: {done} (of `--archive {a['sizes']}`).",
+        f"at start; {a['date']}. Sizes done: {done} (of `--archive {a['sizes']}`)."
+        + (" Timed with the machine's other jobs stopped (`--pause`: SIGSTOP while each row's queries ran); "
+           "builds and catalogues shared the cores with them, so their seconds are a loaded machine's."
+           if a.get("paused_pgids") else ""),
         "",
         f"Archive search through the index's backends (`FaissBackend`, `MilvusBackend` on Milvus Lite "
         f"{a.get('milvus_lite', '?')}), same run. Vectors: {a['source']}; beyond the real ones, derived vectors "
@@ -198,7 +201,7 @@ def run_archive_sizes(args, res: dict) -> None:
         lite = None
     res["archive"] = {**{k: res[k] for k in ("date", "machine", "faiss", "threads", "loadavg", "k")},
                       "sizes": args.archive, "source": data["source"], "target_cos": data["target_cos"], "queries": len(data["image_q"]),
-                      "milvus_lite": lite, "rows": []}
+                      "milvus_lite": lite, "paused_pgids": args.pause, "rows": []}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     print(f"\narchive: {data['source']}; derived vectors at cosine {data['target_cos']:.3f} to a real one")
@@ -246,6 +249,10 @@ def main(argv=None) -> int:
                    help="also time ivfpq (re-rank file) with that file dropped from the page cache before each query")
     p.add_argument("--row-budget", type=float, default=60.0,
                    help="seconds of queries per archive row (at least 20 queries; slow rows stop early)")
+    p.add_argument("--pause", type=lambda v: [int(g) for g in v.split(",") if g], default=[], metavar="PGID[,PGID]",
+                   help="archive table: process groups to stop (SIGSTOP) while each row's queries are timed and "
+                        "resume after (e.g. a training run's: ps -o pgid= PID), so the timings are an idle "
+                        "machine's while the build phases share it; recorded in the JSON")
     p.add_argument("--flat-max", type=int, default=10_000_000, help="largest archive timed with flat16")
     p.add_argument("--milvus-max", type=int, default=1_000_000, help="largest archive put into Milvus Lite")
     p.add_argument("--milvus-types", default="IVF_FLAT", help="Milvus index types of the archive table")

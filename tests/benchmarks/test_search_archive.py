@@ -181,3 +181,29 @@ def test_ivfpq_depth_reports_how_deep_the_true_neighbours_lie(tmp_path):
     for row in sq8:
         found = [row["recall_at_10"]] + [row[f"in_top_k+{m}"] for m in depth.SHORTLISTS]
         assert found == sorted(found), row
+
+
+def _state(pid: int) -> str:
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+
+
+def test_paused_stops_a_job_while_timing_and_resumes_it_even_on_error(sa):
+    import os
+    import subprocess
+    import time
+
+    job = subprocess.Popen(["sleep", "60"], start_new_session=True)  # its own process group, as a queue's
+    said = []
+    try:
+        with pytest.raises(RuntimeError), sa.paused([job.pid, 2 ** 22 + 7], log=said.append):
+            assert _state(job.pid) == "T"
+            raise RuntimeError("a timed row failed")
+        for _ in range(50):  # SIGCONT is delivered asynchronously
+            if _state(job.pid) != "T":
+                break
+            time.sleep(0.02)
+        assert _state(job.pid) in "SR"
+        assert len(said) == 1 and str(2 ** 22 + 7) in said[0] and "no such process group" in said[0]
+    finally:
+        os.killpg(job.pid, 9)
+        job.wait()

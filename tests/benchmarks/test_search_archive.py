@@ -75,7 +75,7 @@ def test_archive_rows_cover_every_ivfpq_setting(sa, tmp_path):
     data = {"base": x[:12_000], "image_q": x[12_000:12_030], "text_q": x[12_030:12_060] * -1, "target_cos": 0.95}
     args = Namespace(k=10, faiss_types="flat16,ivfpq,ivfpq-sq8", flat_max=10 ** 9, ivfpq_nprobe="4",
                      ivfpq_candidates="20,1000", ivfpq_rerank="file,sqlite", ivfpq_cold=True,
-                     sq8_candidates="1000", sq8_shortlist="2,200", milvus_max=0, row_budget=60.0)
+                     sq8_candidates="1000", sq8_shortlist="2,200", milvus_max=0, row_budget=60.0, pause=[])
     rows = []
     sa.run_archive(args, 15_000, data, rng, rows, tmp_path, log=lambda *_: None)
     pq = "faiss ivfpq nlist=384 nprobe=4 re-rank>="

@@ -82,6 +82,10 @@ SUBJECTS: dict[str, dict] = {
                           "chain": (_stage("closed", "priorclip-closed-small", "CLOSED_NO_SPATIAL", affiliation=1.0),)},
     "closed_no_temporal": {"name": "PriorCLIP closed, no Temporal-PAE", "group": "ablation", "prior": "closed",
                            "chain": (_stage("closed", "priorclip-closed-small", "CLOSED_NO_TEMPORAL", affiliation=1.0),)},
+    # Both changes val preferred one at a time (soft belief, no Temporal-PAE), tried together.
+    "closed_soft_no_temporal": {"name": "PriorCLIP closed, soft belief, no Temporal-PAE", "group": "ablation",
+                                "prior": "closed", "chain": (_stage("closed", "priorclip-closed-small",
+                                                                    "CLOSED_SOFT_NO_TEMPORAL", affiliation=1.0),)},
     "closed_no_attribution": {"name": "PriorCLIP closed, no Attribution loss", "group": "ablation", "prior": "closed",
                               "chain": (_stage("closed", "priorclip-closed-small", "CLOSED"),)},
     "closed_baseline_attribution": {"name": "closed baseline + Attribution (labels without a prior)",
@@ -98,5 +102,7 @@ def model_overrides(name: str, tiny: bool) -> dict:
     table = {"CLIP": clip, "OPEN": open_, "CLOSED": closed, "CLOSED_BASELINE": baseline,
              "CLOSED_SOFT": {**closed, "pae_cfg": {**closed.get("pae_cfg", {}), "belief": "soft"}},
              "CLOSED_NO_SPATIAL": {**closed, "pae_cfg": {**closed.get("pae_cfg", {}), "spatial": False}},
-             "CLOSED_NO_TEMPORAL": {**closed, "pae_cfg": {**closed.get("pae_cfg", {}), "temporal": False}}}
+             "CLOSED_NO_TEMPORAL": {**closed, "pae_cfg": {**closed.get("pae_cfg", {}), "temporal": False}},
+             "CLOSED_SOFT_NO_TEMPORAL": {**closed, "pae_cfg": {**closed.get("pae_cfg", {}), "belief": "soft",
+                                                               "temporal": False}}}
     return copy.deepcopy(table[name])

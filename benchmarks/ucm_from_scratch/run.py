@@ -355,7 +355,7 @@ def markdown(args, results, summary) -> tuple[str, str]:
 
     missing = missing_runs(args, results)
     lines = [
-        f"**Partial run**: {len(missing)} of the benchmark's runs are not in this report yet "
+        f"**Partial run**: {len(missing)} of the benchmark's runs {'is' if len(missing) == 1 else 'are'} not in this report yet "
         f"({', '.join(missing)}); `run.py` with the same `--out` adds them without retraining the others.",
         "",
     ] if missing else []

@@ -177,14 +177,23 @@ def archive_markdown(res: dict) -> str:
 ARCHIVE_SECTION = "## Archive search at scale"
 
 
+def _tag(value: str) -> str:
+    if value and not all(c.isalnum() or c in "-_" for c in value):
+        raise argparse.ArgumentTypeError(f"{value!r}: letters, digits, - and _ only (it names a file)")
+    return value
+
+
 def save_archive(args, res: dict) -> None:
     """The archive table as its own JSON and RESULTS.md section, written after every size."""
     if not args.markdown:
         return
     from results_md import save_results
 
-    save_results("results_search_archive.json", res["archive"], ARCHIVE_SECTION, archive_markdown(res),
-                 "benchmarks/search_speed.py --archive ... --markdown", markdown=args.results)
+    tag = getattr(args, "archive_tag", "")
+    save_results(f"results_search_archive{'_' + tag if tag else ''}.json", res["archive"],
+                 ARCHIVE_SECTION + (f": {tag}" if tag else ""), archive_markdown(res),
+                 "benchmarks/search_speed.py --archive ... --markdown" + (f" --archive-tag {tag}" if tag else ""),
+                 markdown=args.results)
 
 
 def run_archive_sizes(args, res: dict) -> None:
@@ -260,6 +269,9 @@ def main(argv=None) -> int:
     p.add_argument("--milvus-nprobe", type=int, default=32, help="nprobe of a Milvus IVF index")
     p.add_argument("--work", default=str(HERE.parent / "runs" / "search_archive"),
                    help="where the archive indexes are written (10 M items: ~12 GB; removed after each size)")
+    p.add_argument("--archive-tag", default="", type=_tag,
+                   help="a follow-up archive run (e.g. one index type after a change): saved as "
+                        "results_search_archive_TAG.json and its own RESULTS.md section, the main table kept")
     p.add_argument("--skip-ann", action="store_true", help="only the archive table")
     p.add_argument("--markdown", action="store_true",
                    help="write benchmarks/results_search.json and the RESULTS.md section")

@@ -4,6 +4,7 @@ ground truth agrees with the index's own bbox filter, and both FAISS backends' b
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -207,3 +208,26 @@ def test_paused_stops_a_job_while_timing_and_resumes_it_even_on_error(sa):
     finally:
         os.killpg(job.pid, 9)
         job.wait()
+
+
+def test_a_tagged_archive_run_is_saved_beside_the_main_table(tmp_path, monkeypatch):
+    """`--archive-tag` writes its own JSON and RESULTS.md section; the main table stays."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import results_md
+
+    ss = load_script("benchmarks/search_speed.py", "priorclip_search_speed")
+    written = {}
+    monkeypatch.setattr(results_md, "write_json", lambda path, obj: written.setdefault(str(path), obj))
+    md = tmp_path / "RESULTS.md"
+    md.write_text(f"{ss.ARCHIVE_SECTION}\n\nthe main table\n")
+    archive = {"machine": "x", "faiss": "1", "threads": 2, "loadavg": [0.0], "date": "d", "sizes": "10",
+               "sizes_done": [10], "source": "s", "target_cos": 0.9, "queries": 2, "rows": []}
+    args = argparse.Namespace(markdown=True, results=str(md), archive_tag="probe-parallel")
+    ss.save_archive(args, {"archive": archive})
+    assert [Path(p).name for p in written] == ["results_search_archive_probe-parallel.json"]
+    text = md.read_text()
+    assert "the main table" in text and f"{ss.ARCHIVE_SECTION}: probe-parallel" in text
+    with pytest.raises(SystemExit):
+        ss.main(["--archive-tag", "../x"])

@@ -219,6 +219,27 @@ def test_recall_measure_detects_a_lossy_index():
     assert params["nprobe"] == 1 and r < 0.8   # uniform random data, one probed list: clearly lossy
 
 
+def test_loaded_ivf_splits_a_single_query_over_its_lists_with_the_same_answer(tmp_path):
+    """FAISS's default parallel mode gives one query one core; a loaded IVF index must scan the
+    probed lists on every thread and still rank exactly as the default does."""
+    import faiss
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(6000, dtype=np.int64)
+    index, params = ann.build(x, ids, "ivf", nlist=32, nprobe=8)
+    faiss.write_index(index, str(tmp_path / "v.faiss"))
+    loaded = ann.load(tmp_path / "v.faiss", params)
+    assert faiss.extract_index_ivf(loaded).parallel_mode == ann.IVF_PARALLEL_OVER_LISTS
+    faiss.extract_index_ivf(index).parallel_mode = 0
+    faiss.extract_index_ivf(index).nprobe = 8
+    for q in x[:20]:
+        s1, i1 = loaded.search(q[None], 10)
+        s0, i0 = index.search(q[None], 10)
+        assert np.array_equal(i1, i0) and np.allclose(s1, s0)
+
+
 def test_cli_index_and_search(archive, tmp_path, stub_encoder, capsys):
     out = tmp_path / "idx"
     rc = main(["index", str(archive), "--model", STUB, "--out", str(out), "--workers", "2",

@@ -58,6 +58,7 @@ IVFPQ_SQ8_TRAIN = 262_144  # vectors sampled to train the 8-bit ranges (min/max 
 # 4 sqrt(n) = 12,649 at 10 M would take about an hour on two cores (an estimate); a search probes IVFPQ_NPROBE of them
 IVFPQ_MAX_NLIST = 4_096
 IVFPQ_NPROBE = 64
+IVF_PARALLEL_OVER_LISTS = 1  # FAISS IndexIVF.parallel_mode: threads share one query's lists
 PARALLEL_SCAN_MIN = 32_768  # below this a scan takes < 2 ms and threads cost more than they save
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
@@ -230,7 +231,11 @@ def apply_params(index, params: dict) -> None:
     if params.get("type") == "hnsw" and hasattr(inner, "hnsw"):
         inner.hnsw.efSearch = int(params.get("efSearch", HNSW_EF_SEARCH))
     if params.get("type") in ("ivf", *IVFPQ_TYPES):
-        faiss.extract_index_ivf(index).nprobe = int(params.get("nprobe", 8))
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = int(params.get("nprobe", 8))
+        # Queries come one at a time (CLI, API): FAISS's default splits a batch over its queries,
+        # so a single query scans its lists on one core; split over the probed lists instead.
+        ivf.parallel_mode = IVF_PARALLEL_OVER_LISTS
 
 
 def exact_topk(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int, rows: np.ndarray | None = None,

@@ -333,7 +333,8 @@ def run_archive(args, n: int, data: dict, rng, rows: list, work: Path, log=print
             settings = [(int(p), int(c), source, None if s is None else int(s)) for source in sources
                         for p in args.ivfpq_nprobe.split(",") for c in candidates.split(",") for s in shortlists]
         build_s = time.perf_counter() - t
-        log(f"   faiss {index_type} built in {build_s:.0f} s ({params})")
+        shown = {k: v for k, v in params.items() if k != "rerank"}  # not the files, nor 2 x d quantiser ranges
+        log(f"   faiss {index_type} built in {build_s:.0f} s ({shown})")
         for nprobe, least, source, shortlist in settings:
             info = {"embed_dim": vectors.shape[1], "faiss": {**params, "file": FAISS_NAME}}
             if nprobe:

@@ -70,6 +70,33 @@ def stub_encoder():
     unregister_encoder(STUB)
 
 
+# The vector stores every backend-neutral search test runs on (issue 17.1): the embedded FAISS
+# default and Milvus Lite, the in-process Milvus on a file (pymilvus + milvus-lite, an extra).
+BACKENDS = ["faiss", pytest.param("milvus", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("pymilvus") is None, reason="pymilvus + milvus-lite not installed"))]
+
+
+def backend_spec(backend: str, out: Path, index_type: str = "FLAT") -> dict | None:
+    """`build_index`'s `backend` for an index at `out`: None (FAISS) or a Milvus Lite collection in
+    a file beside it (exact FLAT unless told, so answers can be compared with FAISS's)."""
+    if backend == "faiss":
+        return None
+    from priorclip.search.backends.milvus_backend import milvus_spec
+
+    return milvus_spec(str(Path(out).with_name(Path(out).name + ".milvus.db")), out, index_type=index_type)
+
+
+def backend_args(backend: str, out: Path) -> list[str]:
+    """The same choice as `priorclip index` flags."""
+    return [] if backend == "faiss" else ["--backend", "milvus", "--uri", str(Path(out).with_name(Path(out).name + ".milvus.db"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    """Runs the test once per vector store."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def ucm_images(ucm_dir) -> list[Path]:
     files = sorted((ucm_dir / "images").glob("*.jpg"), key=lambda p: int(p.stem))

@@ -1,7 +1,7 @@
 """The spatial filter (`--bbox`, `bbox=`): hits are exactly the best items whose footprint meets
 the box, with scenes in different CRSs, boxes that cut through tiles, across the antimeridian, and
 both ranking paths (exact from stored vectors for a small area, the filtered ANN ranking for a
-large one)."""
+large one); on both vector stores, FAISS and Milvus Lite, except the tests of the SQLite R*Tree."""
 from __future__ import annotations
 
 import json
@@ -17,11 +17,10 @@ from priorclip.search.index import build_index
 from priorclip.search.query import SearchIndex
 from priorclip.search.spatial import BBox
 
-from search_support import STUB, make_geotiff
+from search_support import BACKENDS, STUB, backend_spec, make_geotiff
 
 
-@pytest.fixture(scope="module")
-def two_crs_index(tmp_path_factory):
+def _two_crs(tmp_path_factory, backend: str) -> SearchIndex:
     """A UTM 33N scene (near 17.4 E, 40.6 N), a WGS84 scene west of it, and a photo (no footprint)."""
     from PIL import Image
 
@@ -37,8 +36,19 @@ def two_crs_index(tmp_path_factory):
     Image.new("RGB", (64, 64), (90, 120, 60)).save(archive / "photo.jpg")
     encoder = ModelEncoder(StubModel())
     build_index([archive], root / "idx", encoder, model_spec=STUB, tile_size=128, tile_stride=128,
-                progress=False, log=lambda *_: None)
+                backend=backend_spec(backend, root / "idx"), progress=False, log=lambda *_: None)
     return SearchIndex(root / "idx", encoder=encoder)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def two_crs_index(tmp_path_factory, request):
+    return _two_crs(tmp_path_factory, request.param)
+
+
+@pytest.fixture(scope="module")
+def faiss_two_crs_index(tmp_path_factory):
+    """For the tests of the R*Tree in items.sqlite, which only the FAISS backend queries."""
+    return _two_crs(tmp_path_factory, "faiss")
 
 
 def _expected(idx: SearchIndex, box: BBox, query_vec: np.ndarray, k: int) -> list[int]:
@@ -75,7 +85,7 @@ def test_bbox_hits_are_exactly_the_best_items_meeting_the_box(two_crs_index, mon
     uw, un = top_left["bounds"][0], top_left["bounds"][3]
     corner = BBox(uw, un - 1e-5, uw + 1e-5, un)  # in the tile's lon/lat box, outside its turned footprint
     boxes.append(corner)
-    # the R*Tree offers the corner tile (its box touches), the polygon test drops it
+    # the corner tile's lon/lat box touches (the R*Tree or Milvus's range filter offers it); the polygon test drops it
     assert idx.store.conn.execute("SELECT COUNT(*) FROM items_rtree WHERE minlon <= ? AND maxlon >= ? AND "
                                   "minlat <= ? AND maxlat >= ?", (uw + 1e-5, uw, un, un - 1e-5)).fetchone()[0]
     assert not idx.search_vector(q, k=5, bbox=corner)
@@ -105,9 +115,10 @@ def test_antimeridian_box_and_bad_boxes():
             BBox.parse(bad)
 
 
-def test_index_made_before_the_rtree_is_filtered_by_a_scan_then_upgraded(two_crs_index, tmp_path):
+def test_index_made_before_the_rtree_is_filtered_by_a_scan_then_upgraded(faiss_two_crs_index, tmp_path):
     import shutil
 
+    two_crs_index = faiss_two_crs_index
     old = tmp_path / "old"
     shutil.copytree(two_crs_index.directory, old)
     con = sqlite3.connect(old / "items.sqlite")
@@ -158,10 +169,10 @@ def test_bbox_in_the_api_and_the_cli(two_crs_index, stub_encoder, capsys):
     assert "bbox" in capsys.readouterr().err
 
 
-def test_bbox_candidates_come_from_the_rtree_not_a_scan(two_crs_index):
+def test_bbox_candidates_come_from_the_rtree_not_a_scan(faiss_two_crs_index):
     """The R*Tree drives the query: SQLite's planner, left to itself, scanned every embedded item
     and probed the tree once per item (a full scan per bbox search on a big archive)."""
-    idx = two_crs_index
+    idx = faiss_two_crs_index
     seen: list[str] = []
     idx.store.conn.set_trace_callback(seen.append)
     try:

@@ -23,7 +23,7 @@ from priorclip.search.index import build_index
 from priorclip.search.query import SearchIndex, to_geojson
 from priorclip.search.sources import plan_file, read_item, read_tile, tile_offsets
 
-from search_support import DIM, STUB, make_geotiff, write_raster
+from search_support import DIM, STUB, backend_spec, make_geotiff, write_raster
 
 
 def test_tile_offsets_cover_the_axis_with_full_tiles():
@@ -96,13 +96,13 @@ def test_non_georeferenced_and_small_rasters(tmp_path):
     assert plan.kind == "image" and len(plan.items) == 1
 
 
-def test_index_scene_search_tile_and_geojson(tmp_path, stub_encoder, ucm_dir):
+def test_index_scene_search_tile_and_geojson(tmp_path, stub_encoder, ucm_dir, backend):
     root = tmp_path / "archive"
     root.mkdir()
     scene = make_geotiff(root / "scene.tif", 600, 400)
     shutil.copy(ucm_dir / "images" / "1.jpg", root / "photo.jpg")
     info = build_index([root], tmp_path / "idx", stub_encoder, model_spec=STUB, tile_size=256, tile_stride=128,
-                       progress=False, log=lambda *_: None)
+                       backend=backend_spec(backend, tmp_path / "idx"), progress=False, log=lambda *_: None)
     # stride 128: columns 0,128,256,344 x rows 0,128,144
     assert info["counts"] == {**info["counts"], "items": 13, "tiles": 12, "scenes": 1}
     assert info["tiling"]["tile_stride"] == 128

@@ -1,5 +1,6 @@
 """Indexing a folder: search by text and image, incremental re-runs, resume after a kill,
-unreadable files, sharding/merging, approximate index recall, and the CLI verbs."""
+unreadable files, sharding/merging, approximate index recall, and the CLI verbs. The tests that do
+not concern FAISS itself run on both vector stores (`backend`: FAISS and Milvus Lite)."""
 from __future__ import annotations
 
 import json
@@ -17,29 +18,32 @@ from priorclip.search.encoders import ModelEncoder
 from priorclip.search.index import build_index, merge_indexes, parse_shard, rebuild_ann
 from priorclip.search.query import SearchIndex
 
-from search_support import DIM, STUB, StubModel
+from search_support import DIM, STUB, StubModel, backend_args, backend_spec
 
 pytestmark = pytest.mark.shared
 
 
-def _build(archive, out, encoder, **kw):
+def _build(archive, out, encoder, store="faiss", **kw):
+    kw.setdefault("backend", backend_spec(store, out))
     kw.setdefault("batch_size", 8)
     kw.setdefault("progress", False)
     kw.setdefault("log", lambda *_: None)
     return build_index([archive], out, encoder, model_spec=STUB, **kw)
 
 
-def test_index_folder_then_search_by_text_and_image(archive, tmp_path, stub_encoder):
+def test_index_folder_then_search_by_text_and_image(archive, tmp_path, stub_encoder, backend):
     out = tmp_path / "idx"
-    info = _build(archive, out, stub_encoder)
+    info = _build(archive, out, stub_encoder, backend)
     n = len(list(archive.rglob("*.jpg")))
     assert info["counts"]["items"] == n and info["counts"]["failed_files"] == 0
-    for name in ("index.json", "items.sqlite", "vectors.faiss", "report.json"):
+    for name in ("index.json", "items.sqlite", "report.json"):
         assert (out / name).is_file()
     on_disk = json.loads((out / "index.json").read_text())
     assert on_disk["model"]["name"] == STUB and on_disk["embed_dim"] == DIM
     assert on_disk["model"]["spec"] == STUB and on_disk["priorclip_version"]
-    assert on_disk["faiss"]["type"] == "flat16" and on_disk["roots"] == [str(archive.resolve())]
+    assert on_disk["roots"] == [str(archive.resolve())] and on_disk["backend"]["kind"] == backend
+    assert (out / "vectors.faiss").is_file() == (backend == "faiss")
+    assert on_disk["faiss"]["type"] == "flat16" if backend == "faiss" else "faiss" not in on_disk
 
     idx = SearchIndex(out)  # loads the encoder by the name recorded in index.json
     hits = idx.search_text("many planes parked near the terminal", k=7)
@@ -56,9 +60,9 @@ def test_index_folder_then_search_by_text_and_image(archive, tmp_path, stub_enco
     assert len(idx.search_text("river", k=1000)) == n
 
 
-def test_incremental_rerun_embeds_only_new_or_changed(archive, tmp_path, stub_encoder, ucm_dir):
+def test_incremental_rerun_embeds_only_new_or_changed(archive, tmp_path, stub_encoder, ucm_dir, backend):
     out = tmp_path / "idx"
-    first = _build(archive, out, stub_encoder)
+    first = _build(archive, out, stub_encoder, backend)
     n = first["counts"]["items"]
     ids_before = {r[0] for r in sqlite3.connect(out / "items.sqlite").execute("SELECT id FROM items")}
 
@@ -75,7 +79,7 @@ def test_incremental_rerun_embeds_only_new_or_changed(archive, tmp_path, stub_en
     removed = sorted((archive / "a").glob("*.jpg"))[0]
     removed.unlink()
 
-    third = _build(archive, out, stub_encoder)
+    third = _build(archive, out, stub_encoder)       # no backend named: the index keeps its own
     assert third["last_run"]["embedded"] == 4            # 3 new + 1 changed
     assert third["last_run"]["files_removed"] == 1
     assert third["counts"]["items"] == n + 3 - 1
@@ -91,7 +95,7 @@ class _Killed(RuntimeError):
     pass
 
 
-def test_resume_after_kill_does_not_reembed_committed_batches(archive, tmp_path, stub_encoder):
+def test_resume_after_kill_does_not_reembed_committed_batches(archive, tmp_path, stub_encoder, backend):
     out = tmp_path / "idx"
     model = StubModel()
 
@@ -102,7 +106,7 @@ def test_resume_after_kill_does_not_reembed_committed_batches(archive, tmp_path,
             return super().embed_images(batch)
 
     with pytest.raises(_Killed):
-        _build(archive, out, DiesOnThirdBatch(model), batch_size=4)
+        _build(archive, out, DiesOnThirdBatch(model), backend, batch_size=4)
     assert not (out / "index.json").exists()               # unfinished runs never look finished
     committed = sqlite3.connect(out / "items.sqlite").execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
     assert committed == 8
@@ -114,20 +118,20 @@ def test_resume_after_kill_does_not_reembed_committed_batches(archive, tmp_path,
     assert info["last_run"]["embedded"] == n - 8
     assert info["counts"]["items"] == n and info["counts"]["pending_items"] == 0
     # resumed vectors equal those of an uninterrupted build
-    fresh = _build(archive, tmp_path / "fresh", stub_encoder)
+    fresh = _build(archive, tmp_path / "fresh", stub_encoder, backend)
     a = SearchIndex(out, encoder=stub_encoder).search_text("green trees", k=n)
     b = SearchIndex(tmp_path / "fresh", encoder=stub_encoder).search_text("green trees", k=n)
     assert [h["path"] for h in a] == [h["path"] for h in b]
     assert fresh["counts"]["items"] == n
 
 
-def test_unreadable_files_are_reported_and_skipped(archive, tmp_path, stub_encoder, ucm_dir):
+def test_unreadable_files_are_reported_and_skipped(archive, tmp_path, stub_encoder, ucm_dir, backend):
     (archive / "garbage.jpg").write_bytes(b"this is not an image")
     (archive / "empty.png").write_bytes(b"")
     (archive / "truncated.jpg").write_bytes((ucm_dir / "images" / "7.jpg").read_bytes()[:700])
     (archive / "notes.txt").write_text("not an image extension: ignored, not reported")
     out = tmp_path / "idx"
-    info = _build(archive, out, stub_encoder)
+    info = _build(archive, out, stub_encoder, backend)
     n_good = len(list(archive.rglob("*.jpg"))) - 2
     assert info["counts"]["items"] == n_good
     report = json.loads((out / "report.json").read_text())
@@ -240,10 +244,10 @@ def test_loaded_ivf_splits_a_single_query_over_its_lists_with_the_same_answer(tm
         assert np.array_equal(i1, i0) and np.allclose(s1, s0)
 
 
-def test_cli_index_and_search(archive, tmp_path, stub_encoder, capsys):
+def test_cli_index_and_search(archive, tmp_path, stub_encoder, capsys, backend):
     out = tmp_path / "idx"
     rc = main(["index", str(archive), "--model", STUB, "--out", str(out), "--workers", "2",
-               "--batch-size", "8", "--no-progress"])
+               "--batch-size", "8", "--no-progress", *backend_args(backend, out)])
     assert rc == 0
     n = len(list(archive.rglob("*.jpg")))
     assert f"index ready: {n} items" in capsys.readouterr().out

@@ -20,7 +20,7 @@ from priorclip.search.server import STATIC_DIR, create_app
 
 from priorclip.search.encoders import ModelEncoder
 
-from search_support import STUB, StubModel, make_geotiff, write_raster
+from search_support import BACKENDS, STUB, StubModel, backend_spec, make_geotiff, write_raster
 
 pytestmark = pytest.mark.shared
 
@@ -34,23 +34,14 @@ def _serve(root, ucm_images, backend="faiss"):
     make_geotiff(archive / "scene.tif", 600, 400)
     encoder = ModelEncoder(StubModel())
     out = root / "idx"
-    spec = None
-    if backend == "milvus":
-        from priorclip.search.backends.milvus_backend import milvus_spec
-
-        spec = milvus_spec(str(root / "lite.db"), out, index_type="FLAT")
-    build_index([archive], out, encoder, model_spec=STUB, batch_size=16, backend=spec, progress=False,
-                log=lambda *_: None)
+    build_index([archive], out, encoder, model_spec=STUB, batch_size=16, backend=backend_spec(backend, out),
+                progress=False, log=lambda *_: None)
     idx = SearchIndex(out, encoder=encoder)
     app = create_app(idx, max_upload_bytes=200_000)
     return TestClient(app, raise_server_exceptions=False), idx, archive
 
 
-# every test of this module runs on both vector backends (Milvus Lite: in-process, on a file)
-BACKENDS = ["faiss", pytest.param("milvus", marks=pytest.mark.skipif(
-    __import__("importlib").util.find_spec("pymilvus") is None, reason="pymilvus + milvus-lite not installed"))]
-
-
+# every test of this module runs on both vector backends (BACKENDS: FAISS and Milvus Lite)
 @pytest.fixture(scope="module", params=BACKENDS)
 def served(tmp_path_factory, ucm_images, request):
     """One index for the read-only tests of this module."""

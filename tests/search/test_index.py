@@ -414,7 +414,7 @@ def test_ivfpq_keeps_codes_in_ram_and_reranks_exactly_from_disk(tmp_path):
     # ids the file lacks (an item stored after it was written) come from items.sqlite
     part = ann.RerankFile(np.load(tmp_path / "vectors.rerank.npy")[:15_000], ids[:15_000])
     found, vecs, missing = part.vectors_of([20_006, 7, 15_006, 15_007, 99_999])
-    assert found.tolist() == [7, 15_006] and missing.tolist() == [20_006, 15_007, 99_999]
+    assert found.tolist() == [7, 15_006] and missing.tolist() == [15_007, 20_006, 99_999]  # in id order
     np.testing.assert_array_equal(vecs, x[[0, 14_999]])
     backend.rerank = part
     assert backend.search(x[19_000], 10) == FaissBackend(tmp_path, info, _Unused()).search(x[19_000], 10)
@@ -457,6 +457,25 @@ def test_sq8_codes_pick_the_rows_read_from_disk(tmp_path):
                               np.arange(12_000), "ivfpq-sq8")
     assert params["shortlist"] == ann.IVFPQ_SQ8_SHORTLIST and params["min_candidates"] == ann.IVFPQ_SQ8_MIN_CANDIDATES
     assert ann.shortlist_count(params, 10) == 110 and ann.shortlist_count({"type": "ivfpq"}, 10) is None
+
+
+def test_rerank_rows_by_table_or_binary_search_agree():
+    """Ids are looked up in a direct id -> row table while they are dense enough (consecutive, or
+    with removed items' gaps), by binary search when sparse; both find every held id, in id order,
+    and report the others as missing."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3000, 8)).astype(np.float32)
+    for ids, table in ((np.arange(5, 3005), True),                                    # consecutive
+                       (np.sort(rng.choice(4000, 3000, replace=False)) + 1, True),   # removed items
+                       (np.arange(3000) * 97 + 11, False)):                          # sparse
+        rerank = ann.RerankFile(x, ids)
+        assert (rerank._row_of is not None) == table
+        ask = np.concatenate([rng.choice(ids, 200, replace=False), [0, ids[-1] + 1, ids[0] - 1, 10 ** 12]])
+        found, vecs, missing = rerank.vectors_of(rng.permutation(ask))
+        held = np.sort(ask[np.isin(ask, ids)])
+        np.testing.assert_array_equal(found, held)
+        np.testing.assert_array_equal(vecs, x[np.searchsorted(ids, held)])
+        assert set(missing.tolist()) == set(ask.tolist()) - set(ids.tolist())
 
 
 def test_rerank_file_asks_for_every_candidate_page_before_reading(tmp_path):

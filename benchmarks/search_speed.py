@@ -189,7 +189,7 @@ def save_archive(args, res: dict) -> None:
         return
     from results_md import save_results
 
-    tag = getattr(args, "archive_tag", "")
+    tag = args.archive_tag
     save_results(f"results_search_archive{'_' + tag if tag else ''}.json", res["archive"],
                  ARCHIVE_SECTION + (f": {tag}" if tag else ""), archive_markdown(res),
                  "benchmarks/search_speed.py --archive ... --markdown" + (f" --archive-tag {tag}" if tag else ""),

@@ -76,6 +76,11 @@ BACKENDS = ["faiss", pytest.param("milvus", marks=pytest.mark.skipif(
     __import__("importlib").util.find_spec("pymilvus") is None, reason="pymilvus + milvus-lite not installed"))]
 
 
+def _lite_file(out: Path) -> str:
+    """The Milvus Lite file of the index at `out`: beside it, one per index."""
+    return str(Path(out).with_name(Path(out).name + ".milvus.db"))
+
+
 def backend_spec(backend: str, out: Path, index_type: str = "FLAT") -> dict | None:
     """`build_index`'s `backend` for an index at `out`: None (FAISS) or a Milvus Lite collection in
     a file beside it (exact FLAT unless told, so answers can be compared with FAISS's)."""
@@ -83,12 +88,12 @@ def backend_spec(backend: str, out: Path, index_type: str = "FLAT") -> dict | No
         return None
     from priorclip.search.backends.milvus_backend import milvus_spec
 
-    return milvus_spec(str(Path(out).with_name(Path(out).name + ".milvus.db")), out, index_type=index_type)
+    return milvus_spec(_lite_file(out), out, index_type=index_type)
 
 
 def backend_args(backend: str, out: Path) -> list[str]:
     """The same choice as `priorclip index` flags."""
-    return [] if backend == "faiss" else ["--backend", "milvus", "--uri", str(Path(out).with_name(Path(out).name + ".milvus.db"))]
+    return [] if backend == "faiss" else ["--backend", "milvus", "--uri", _lite_file(out)]
 
 
 @pytest.fixture(params=BACKENDS)

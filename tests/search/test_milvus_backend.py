@@ -16,7 +16,7 @@ from priorclip.search.index import build_index  # noqa: E402
 from priorclip.search.query import SearchIndex  # noqa: E402
 from priorclip.search.spatial import BBox  # noqa: E402
 
-from search_support import STUB, make_geotiff  # noqa: E402
+from search_support import STUB, backend_spec, make_geotiff  # noqa: E402
 
 
 def _archive(root):
@@ -43,8 +43,7 @@ def both(tmp_path_factory):
     enc = ModelEncoder(StubModel())
     kw = dict(model_spec=STUB, tile_size=128, tile_stride=128, progress=False, log=lambda *_: None)
     build_index([archive], root / "faiss", enc, index_type="flat", **kw)
-    spec = milvus_spec(str(root / "lite.db"), root / "milvus", index_type="FLAT")
-    info = build_index([archive], root / "milvus", enc, backend=spec, **kw)
+    info = build_index([archive], root / "milvus", enc, backend=backend_spec("milvus", root / "milvus"), **kw)
     return SearchIndex(root / "faiss", encoder=enc), SearchIndex(root / "milvus", encoder=enc), info, archive, root
 
 
@@ -95,8 +94,7 @@ def test_reindex_touches_only_what_changed(both, tmp_path):
     shutil.copytree(archive, grown)
     enc = ModelEncoder(StubModel())
     kw = dict(model_spec=STUB, tile_size=128, tile_stride=128, progress=False, log=lambda *_: None)
-    spec = milvus_spec(str(tmp_path / "lite.db"), tmp_path / "idx", index_type="HNSW")
-    first = build_index([grown], tmp_path / "idx", enc, backend=spec, **kw)
+    first = build_index([grown], tmp_path / "idx", enc, backend=backend_spec("milvus", tmp_path / "idx", "HNSW"), **kw)
     assert first["backend"]["last_sync"]["written"] == first["counts"]["items"]
     Image.new("RGB", (40, 40), (10, 200, 30)).save(grown / "new.png")
     (grown / "photo0.png").unlink()

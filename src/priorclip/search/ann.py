@@ -397,12 +397,10 @@ class RerankFile:
         rows, found_ids = rows[found], want[found]
         if self.codes is not None and query is not None and keep is not None and len(rows) > keep:
             scores = scores_of(self.sq.decode(self.codes[rows]), query)
-            best = np.argpartition(-scores, keep - 1)[:keep]
+            best = np.sort(np.argpartition(-scores, keep - 1)[:keep])  # rows stay ascending
             rows, found_ids = rows[best], found_ids[best]
-        order = np.argsort(rows, kind="stable")
-        rows = rows[order]
         self._prefetch(rows)
-        return found_ids[order], np.asarray(self.vectors[rows], np.float32), want[~found]
+        return found_ids, np.asarray(self.vectors[rows], np.float32), want[~found]
 
     def _rows(self, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The rows of the ascending ids `want`, and which of them the file holds."""
